@@ -1,0 +1,89 @@
+"""LightningDataModule: balanced overlapping tiles for training, whole photos for validation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from crackseg.data import synthetic
+from crackseg.data.cache import CachedPair, cache_pair
+from crackseg.data.folder import find_splits
+from crackseg.data.tiles import BalancedTileSampler, PhotoDataset, TileDataset, TileIndex
+
+log = logging.getLogger(__name__)
+
+
+class CrackDataModule(pl.LightningDataModule):
+    """Reads a dataset folder (see :mod:`crackseg.data.folder`), decodes each photo once into
+    the cache, indexes overlapping tiles and samples ``tiles_per_epoch`` of them per epoch with
+    a ``crack_fraction`` of crack tiles. Validation yields whole photos (batch of one).
+
+    ``synthetic``: generator parameters; the dataset is generated into ``root`` when missing.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        cache_dir: str,
+        train_split: str = "train",
+        val_split: str = "val",
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        tile: int = 256,
+        stride: int | None = None,
+        min_crack_pixels: int = 1,
+        crack_fraction: float = 0.5,
+        tiles_per_epoch: int = 2000,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        augment: Callable | None = None,
+        sampler_seed: int = 0,
+        synthetic: dict | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["augment"], logger=False)
+        self.augment = augment
+        self.train_pairs: list[CachedPair] = []
+        self.val_pairs: list[CachedPair] = []
+        self.train_index: TileIndex | None = None
+
+    @property
+    def stride(self) -> int:
+        return self.hparams.stride or self.hparams.tile // 2
+
+    def prepare_data(self) -> None:
+        if self.hparams.synthetic is not None:
+            synthetic.ensure(self.hparams.root, **self.hparams.synthetic)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_index is not None:
+            return
+        hp = self.hparams
+        train, val = find_splits(hp.root, hp.train_split, hp.val_split, hp.val_fraction, hp.split_seed)
+        cache = Path(hp.cache_dir)
+        self.train_pairs = [cache_pair(p, m, cache) for p, m in train]
+        self.val_pairs = [cache_pair(p, m, cache) for p, m in val]
+        self.train_index = TileIndex.build(self.train_pairs, hp.tile, self.stride, hp.min_crack_pixels)
+        log.info(
+            "%s: %d train photos -> %d tiles (%d with cracks), %d val photos",
+            hp.root, len(train), len(self.train_index), int(self.train_index.crack.sum()), len(val),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        sampler = BalancedTileSampler(self.train_index.crack, hp.tiles_per_epoch, hp.crack_fraction, hp.sampler_seed)
+        return DataLoader(
+            TileDataset(self.train_pairs, self.train_index, self.augment),
+            batch_size=hp.batch_size,
+            sampler=sampler,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+            drop_last=True,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(PhotoDataset(self.val_pairs), batch_size=1, num_workers=min(1, self.hparams.num_workers))

@@ -1,0 +1,69 @@
+"""Photo/mask pairs from a dataset folder.
+
+Layout: ``images/<split>/<stem>.<ext>`` + ``masks/<split>/<stem>.<ext>`` matched by stem, or a
+flat ``images/`` + ``masks/`` that is split by photo (never by tile) with a seeded ratio.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from crackseg.io import IMAGE_SUFFIXES, ImageReadError
+
+Pair = tuple[Path, Path]
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def match_pairs(image_dir: Path, mask_dir: Path) -> list[Pair]:
+    """Every photo in ``image_dir`` with the mask of the same stem in ``mask_dir``."""
+    if not image_dir.is_dir():
+        raise ImageReadError(f"photo folder not found: {image_dir}")
+    photos = _images(image_dir)
+    if not photos:
+        raise ImageReadError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
+    masks = {p.stem: p for p in _images(mask_dir)} if mask_dir.is_dir() else {}
+    missing = [p for p in photos if p.stem not in masks]
+    if missing:
+        raise ImageReadError(
+            f"{len(missing)} photo(s) without a mask of the same stem in {mask_dir}, "
+            f"e.g. {missing[0]}"
+        )
+    return [(p, masks[p.stem]) for p in photos]
+
+
+def split_by_photo(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Seeded ``(train, val)`` split of whole photos; at least one photo on each side."""
+    if len(pairs) < 2:
+        raise ImageReadError(f"cannot split {len(pairs)} photo(s) into train and val: {pairs}")
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = min(len(pairs) - 1, max(1, int(round(len(pairs) * val_fraction))))
+    val = sorted(pairs[i] for i in order[:n_val])
+    train = sorted(pairs[i] for i in order[n_val:])
+    return train, val
+
+
+def find_splits(
+    root: str | Path, train_split: str = "train", val_split: str = "val", val_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[Pair], list[Pair]]:
+    """``(train, val)`` pairs under ``root``.
+
+    Uses ``images/<train_split>`` and ``images/<val_split>`` when both exist; without the
+    validation folder, validation photos are carved out of the training ones (or out of a
+    flat ``images/``) by photo, with ``val_fraction`` and ``seed``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageReadError(f"dataset folder not found: {root}")
+    train_dir, val_dir = root / "images" / train_split, root / "images" / val_split
+    if train_dir.is_dir() and val_dir.is_dir():
+        return match_pairs(train_dir, root / "masks" / train_split), match_pairs(val_dir, root / "masks" / val_split)
+    if train_dir.is_dir():
+        return split_by_photo(match_pairs(train_dir, root / "masks" / train_split), val_fraction, seed)
+    if (root / "images").is_dir() and _images(root / "images"):
+        return split_by_photo(match_pairs(root / "images", root / "masks"), val_fraction, seed)
+    raise ImageReadError(f"no images/{train_split}/ or flat images/ folder with photos in {root}")

@@ -1,0 +1,113 @@
+"""The one place that reads photos and masks from disk and validates them.
+
+Everything downstream trusts what these functions return:
+photos are ``uint8`` RGB ``(H, W, 3)``, masks are ``uint8`` ``(H, W)`` with values 0/1.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+# Keep depth and colour as stored, but let OpenCV apply the EXIF orientation
+# (IMREAD_UNCHANGED would skip it) and drop any alpha channel.
+_READ_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+
+
+class ImageReadError(ValueError):
+    """A photo or mask that cannot be used; the message names the file and the problem."""
+
+
+def _read(path: str | Path, what: str) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{what} not found: {path}")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{what} is an empty file: {path}")
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            if b"\xff\xd9" not in f.read():
+                raise ImageReadError(f"{what} is a truncated JPEG (no end-of-image marker): {path}")
+    array = cv2.imread(str(path), _READ_FLAGS)
+    if array is None or array.size == 0:
+        raise ImageReadError(f"{what} is unreadable or corrupt: {path}")
+    return array
+
+
+def _to_uint8(array: np.ndarray, path: Path, what: str) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return (array >> 8).astype(np.uint8)
+    raise ImageReadError(f"{what} has unsupported pixel type {array.dtype}: {path}")
+
+
+def read_photo(path: str | Path) -> np.ndarray:
+    """Read a photo as ``uint8`` RGB ``(H, W, 3)``.
+
+    EXIF orientation is applied; grayscale becomes 3 equal channels; 16-bit is scaled to
+    8-bit by its high byte; an alpha channel is dropped.
+    """
+    array = _to_uint8(_read(path, "photo"), Path(path), "photo")
+    if array.ndim == 2:
+        return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+
+
+def binarize_mask(array: np.ndarray) -> np.ndarray:
+    """0/1 ``uint8`` from a 0/1, 0/255, JPEG-noisy, 16-bit or RGB mask (any channel counts)."""
+    if array.ndim == 3:
+        array = array.max(axis=2)
+    if array.max(initial=0) <= 1:
+        return (array > 0).astype(np.uint8)
+    half = (np.iinfo(array.dtype).max + 1) // 2 if array.dtype.kind in "ui" else 0.5
+    return (array >= half).astype(np.uint8)
+
+
+def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a mask as 0/1 ``uint8`` ``(H, W)``; ``shape`` (H, W) is checked when given."""
+    mask = binarize_mask(_read(path, "mask"))
+    if shape is not None and mask.shape != tuple(shape):
+        raise ImageReadError(
+            f"mask size {mask.shape[1]}x{mask.shape[0]} differs from its photo's "
+            f"{shape[1]}x{shape[0]}: {path}"
+        )
+    return mask
+
+
+def read_pair(photo_path: str | Path, mask_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    photo = read_photo(photo_path)
+    return photo, read_mask(mask_path, photo.shape[:2])
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_image(path: str | Path, image: np.ndarray, jpeg_quality: int = 95) -> None:
+    """Atomically write an RGB or single-channel ``uint8`` image; format from the suffix."""
+    path = Path(path)
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(path.suffix, image, params)
+    if not ok:
+        raise ValueError(f"could not encode image as {path.suffix}: {path}")
+    atomic_write_bytes(path, buf.tobytes())

@@ -1,0 +1,133 @@
+"""LightningModule: an injected segmentation net, a loss, Dice/IoU/precision/recall metrics.
+
+Training runs on tiles; validation predicts each whole photo with the sliding-window tiler,
+so ``val/dice`` is the pooled pixel Dice a user sees on full photos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex, BinaryPrecision, BinaryRecall
+
+from crackseg.inference.tiling import sliding_window
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def segmentation_metrics(threshold: float, prefix: str) -> MetricCollection:
+    """Pooled pixel metrics of the crack class; Dice is the binary F1 score."""
+    return MetricCollection(
+        {
+            "dice": BinaryF1Score(threshold=threshold),
+            "iou": BinaryJaccardIndex(threshold=threshold),
+            "precision": BinaryPrecision(threshold=threshold),
+            "recall": BinaryRecall(threshold=threshold),
+        },
+        prefix=prefix,
+    )
+
+
+class CrackSegModule(pl.LightningModule):
+    """``forward`` takes uint8 (or [0, 1] float) RGB ``(B, 3, H, W)`` and returns logits
+    ``(B, 1, H, W)``; normalisation lives here so a checkpoint carries it to prediction."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        threshold: float = 0.5,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        val_tile: int = 256,
+        val_overlap: float = 0.25,
+        val_batch_size: int = 8,
+        log_images: int = 3,
+        net_config: dict | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
+        self.net = net
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.train_metrics = segmentation_metrics(threshold, "train/")
+        self.val_metrics = segmentation_metrics(threshold, "val/")
+        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
+        self.val_dice_best = MaxMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        return self.net((x - self.mean) / self.std)
+
+    def predict_probabilities(self, tiles: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self(tiles))
+
+    def predict_photo(self, image: torch.Tensor) -> torch.Tensor:
+        """Crack probability ``(1, H, W)`` of a whole ``(3, H, W)`` photo, by the tiler."""
+        hp = self.hparams
+        return sliding_window(image, self.predict_probabilities, hp.val_tile, hp.val_overlap, hp.val_batch_size)
+
+    def on_train_start(self) -> None:
+        self.val_dice_best.reset()  # forget the sanity check's score
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = self.loss(logits, batch["mask"])
+        self.train_loss(loss)
+        self.train_metrics(torch.sigmoid(logits.detach()), batch["mask"].long())
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        mask = batch["mask"][0]
+        prob = self.predict_photo(batch["image"][0])
+        self.val_loss(self.loss(torch.logit(prob, eps=1e-6)[None], mask[None]))
+        self.val_metrics.update(prob, mask.long())
+        if batch_idx < self.hparams.log_images:
+            self._log_panel(batch_idx, batch["image"][0], mask, prob)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.val_dice_best(metrics["val/dice"])
+        self.log_dict(metrics, prog_bar=True)
+        self.log("val/loss", self.val_loss.compute())
+        self.val_loss.reset()
+        self.log("val/dice_best", self.val_dice_best.compute(), prog_bar=True)
+
+    def _log_panel(self, index: int, image: torch.Tensor, mask: torch.Tensor, prob: torch.Tensor) -> None:
+        """Photo | truth | prediction, on a window around the photo's cracks, to TensorBoard."""
+        logger = next((lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if logger is None:
+            return
+        size = min(512, *image.shape[-2:])
+        ys, xs = torch.nonzero(mask[0], as_tuple=True)
+        cy, cx = (int(ys.float().median()), int(xs.float().median())) if len(ys) else (image.shape[1] // 2, image.shape[2] // 2)
+        y = min(max(cy - size // 2, 0), image.shape[1] - size)
+        x = min(max(cx - size // 2, 0), image.shape[2] - size)
+        window = (slice(None), slice(y, y + size), slice(x, x + size))
+        photo = image[window].float() / 255 if image.dtype == torch.uint8 else image[window]
+        panel = torch.cat([photo, mask[window].expand(3, -1, -1), prob[window].expand(3, -1, -1)], dim=2)
+        logger.experiment.add_image(f"val/photo_{index}", panel.clamp(0, 1).cpu(), self.global_step)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val/dice"},
+        }

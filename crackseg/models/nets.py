@@ -1,0 +1,93 @@
+"""Segmentation networks: smp's U-Net with dropout, and the original U-Net.
+
+Both map ``(B, 3, H, W)`` to crack logits ``(B, 1, H, W)`` for any H and W: inputs are padded
+to the network's size multiple and the output is cropped back.
+"""
+
+from __future__ import annotations
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PadToMultiple(nn.Module):
+    """Runs ``net`` on the input reflect-padded to a multiple of ``multiple``, crops the output."""
+
+    def __init__(self, net: nn.Module, multiple: int):
+        super().__init__()
+        self.net = net
+        self.multiple = multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        pad_h, pad_w = -h % self.multiple, -w % self.multiple
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        return self.net(x)[..., :h, :w]
+
+
+def smp_unet(
+    encoder_name: str = "timm-tf_efficientnet_lite0",
+    encoder_weights: str | None = None,
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8),
+    dropout: float = 0.1,
+    in_channels: int = 3,
+) -> nn.Module:
+    """smp.Unet with a dropout layer before its segmentation head (smp has no such option)."""
+    net = smp.Unet(
+        encoder_name=encoder_name,
+        encoder_weights=encoder_weights,
+        decoder_channels=tuple(decoder_channels),
+        in_channels=in_channels,
+        classes=1,
+    )
+    net.segmentation_head = nn.Sequential(nn.Dropout2d(dropout), net.segmentation_head)
+    return PadToMultiple(net, 32)
+
+
+def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ClassicUNet(nn.Module):
+    """The original U-Net (Ronneberger et al. 2015), written here because smp only offers
+    encoder-backbone U-Nets: two 3x3 convs and a 2x2 max-pool per contraction block, channels
+    doubling, a bottleneck, 2x2 up-convolutions with skip connections, and dropout at the end of
+    the contracting path. Convolutions are padded (output size = input size) and batch-normed.
+    """
+
+    def __init__(self, base_channels: int = 64, depth: int = 4, dropout: float = 0.5, in_channels: int = 3):
+        super().__init__()
+        widths = [base_channels * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList([_double_conv(c_in, c_out) for c_in, c_out in zip([in_channels, *widths], widths[:-1])])
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = _double_conv(widths[-2], widths[-1])
+        self.dropout = nn.Dropout2d(dropout)
+        self.up = nn.ModuleList([nn.ConvTranspose2d(c, c // 2, 2, stride=2) for c in reversed(widths[1:])])
+        self.up_conv = nn.ModuleList([_double_conv(c, c // 2) for c in reversed(widths[1:])])
+        self.head = nn.Conv2d(base_channels, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.dropout(self.bottleneck(x))
+        for up, conv, skip in zip(self.up, self.up_conv, reversed(skips)):
+            x = conv(torch.cat([skip, up(x)], dim=1))
+        return self.head(x)
+
+
+def classic_unet(base_channels: int = 64, depth: int = 4, dropout: float = 0.5, in_channels: int = 3) -> nn.Module:
+    return PadToMultiple(ClassicUNet(base_channels, depth, dropout, in_channels), 2**depth)

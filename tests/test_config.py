@@ -1,0 +1,62 @@
+import hydra
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from crackseg.data.datamodule import CrackDataModule
+from crackseg.models.module import CrackSegModule
+from tests.conftest import ROOT
+
+
+def _compose(*overrides):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=["paths.output_dir=/tmp/crackseg-test", *overrides])
+
+
+def _options(group):
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("data", _options("data"))
+def test_every_data_option_composes(data):
+    cfg = _compose(f"data={data}", "data.root=/some/where" if data == "folder" else "data.tile=128")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    assert isinstance(datamodule, CrackDataModule)
+    assert OmegaConf.select(cfg, "data.root") and datamodule.hparams.tile in (128, 256)
+
+
+@pytest.mark.parametrize("model", _options("model"))
+@pytest.mark.parametrize("loss", _options("loss"))
+def test_every_model_and_loss_builds_a_module_that_trains(model, loss):
+    cfg = _compose(f"model={model}", f"loss={loss}", "data.tile=64")
+    if model == "unet_classic":
+        cfg.model.net.base_channels = 8
+    module = hydra.utils.instantiate(cfg.model, net_config=OmegaConf.to_yaml(cfg.model.net))
+    assert isinstance(module, CrackSegModule) and module.hparams.val_tile == 64
+    optimizers = module.configure_optimizers()
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    masks = (torch.rand(2, 1, 64, 64) > 0.9).float()
+    loss_value = module.loss(module(images), masks)
+    assert loss_value.ndim == 0 and torch.isfinite(loss_value)
+    assert optimizers["optimizer"].param_groups[0]["lr"] > 0
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[f"optim={o}"] for o in _options("optim")]
+    + [[f"trainer={t}"] for t in _options("trainer")]
+    + [[f"experiment={e}"] for e in _options("experiment")]
+    + [["trainer.max_epochs=3", "trainer.accelerator=gpu", "data.tile=512"]],
+)
+def test_other_groups_and_trainer_keys_compose(overrides):
+    cfg = _compose(*overrides)
+    OmegaConf.resolve(cfg)
+    assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+    assert cfg.model.scheduler is None or "_partial_" in cfg.model.scheduler
+
+
+def test_default_config_trains_on_the_builtin_data():
+    cfg = _compose()
+    assert cfg.data.synthetic.n > 0 and cfg.model.loss._target_.endswith("SoftBCEWithLogitsLoss")
+    assert cfg.callbacks.model_checkpoint.monitor == "val/dice"

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from crackseg.data.folder import find_splits, match_pairs
+from crackseg.io import ImageReadError, write_image
+
+
+def _write(root, sub, stems, mask=True):
+    for stem in stems:
+        write_image(root / "images" / sub / f"{stem}.jpg", np.zeros((8, 8, 3), np.uint8))
+        if mask:
+            write_image(root / "masks" / sub / f"{stem}.png", np.zeros((8, 8), np.uint8))
+
+
+def test_train_and_val_folders_are_used_as_they_are(tmp_path):
+    _write(tmp_path, "train", ["a", "b"])
+    _write(tmp_path, "val", ["c"])
+    train, val = find_splits(tmp_path)
+    assert [p.stem for p, _ in train] == ["a", "b"] and [p.stem for p, _ in val] == ["c"]
+    assert all(p.stem == m.stem for p, m in train + val)
+
+
+@pytest.mark.parametrize("sub", ["train", ""])
+def test_missing_val_is_carved_by_photo_with_a_seed(tmp_path, sub):
+    stems = [f"p{i}" for i in range(10)]
+    _write(tmp_path, sub, stems)
+    train, val = find_splits(tmp_path, val_fraction=0.3, seed=5)
+    assert len(val) == 3 and len(train) == 7
+    assert not {p for p, _ in train} & {p for p, _ in val}
+    assert find_splits(tmp_path, val_fraction=0.3, seed=5) == (train, val)
+    assert find_splits(tmp_path, val_fraction=0.3, seed=6)[1] != val
+
+
+def test_bad_folders_raise_clear_errors(tmp_path):
+    with pytest.raises(ImageReadError, match="not found"):
+        find_splits(tmp_path / "nope")
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    with pytest.raises(ImageReadError, match="no photos"):
+        match_pairs(tmp_path / "images" / "train", tmp_path / "masks" / "train")
+    _write(tmp_path, "train", ["a"])
+    _write(tmp_path, "train", ["b"], mask=False)
+    with pytest.raises(ImageReadError, match=r"1 photo\(s\) without a mask.*b\.jpg"):
+        find_splits(tmp_path)

@@ -1,0 +1,73 @@
+import cv2
+import numpy as np
+import pytest
+
+from crackseg.io import ImageReadError, binarize_mask, read_mask, read_pair, read_photo, write_image
+
+
+def test_read_photo_returns_rgb_uint8(tmp_path):
+    bgr = np.zeros((5, 7, 3), np.uint8)
+    bgr[..., 2] = 200  # red in OpenCV's BGR order
+    cv2.imwrite(str(tmp_path / "p.png"), bgr)
+    photo = read_photo(tmp_path / "p.png")
+    assert photo.shape == (5, 7, 3) and photo.dtype == np.uint8
+    assert (photo[..., 0] == 200).all() and (photo[..., 2] == 0).all()
+
+
+def test_grayscale_16bit_and_rgba_photos_are_converted(tmp_path):
+    cv2.imwrite(str(tmp_path / "g.png"), np.full((4, 6), 90, np.uint8))
+    cv2.imwrite(str(tmp_path / "d.png"), np.full((4, 6), 40000, np.uint16))
+    cv2.imwrite(str(tmp_path / "a.png"), np.dstack([np.full((4, 6, 3), 70, np.uint8), np.zeros((4, 6), np.uint8)]))
+    assert (read_photo(tmp_path / "g.png") == 90).all()
+    assert (read_photo(tmp_path / "d.png") == 40000 >> 8).all()
+    rgba = read_photo(tmp_path / "a.png")
+    assert rgba.shape == (4, 6, 3) and (rgba == 70).all()  # alpha dropped, colour kept
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (np.array([[0, 1], [1, 0]], np.uint8), [[0, 1], [1, 0]]),
+        (np.array([[0, 255], [255, 0]], np.uint8), [[0, 1], [1, 0]]),
+        (np.array([[3, 250], [200, 90]], np.uint8), [[0, 1], [1, 0]]),  # JPEG noise
+        (np.array([[0, 65535], [40000, 100]], np.uint16), [[0, 1], [1, 0]]),
+        (np.array([[[0, 0, 0], [255, 0, 0]], [[0, 0, 255], [0, 0, 0]]], np.uint8), [[0, 1], [1, 0]]),  # RGB
+    ],
+)
+def test_binarize_mask(raw, expected):
+    out = binarize_mask(raw)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_bad_files_raise_errors_naming_the_file(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "junk.png").write_bytes(b"not an image at all")
+    write_image(tmp_path / "ok.jpg", np.full((64, 64, 3), 128, np.uint8))
+    data = (tmp_path / "ok.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    for name, problem in [("missing.jpg", "not found"), ("empty.jpg", "empty"), ("junk.png", "corrupt"), ("cut.jpg", "truncated")]:
+        with pytest.raises(ImageReadError, match=problem) as err:
+            read_photo(tmp_path / name)
+        assert name in str(err.value)
+
+
+def test_mask_of_another_size_is_rejected(tmp_path):
+    write_image(tmp_path / "p.png", np.zeros((10, 12, 3), np.uint8))
+    write_image(tmp_path / "m.png", np.zeros((10, 11), np.uint8))
+    with pytest.raises(ImageReadError, match=r"11x10 differs from its photo's 12x10.*m\.png"):
+        read_pair(tmp_path / "p.png", tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png").shape == (10, 11)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    pixels = np.zeros((4, 8, 3), np.uint8)
+    pixels[:, :4] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    Image.fromarray(pixels).save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=100)
+    photo = read_photo(tmp_path / "r.jpg")
+    assert photo.shape == (8, 4, 3)
+    assert photo[:3].mean() > 200 and photo[-3:].mean() < 50  # white half now on top

@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from crackseg.models.nets import classic_unet, smp_unet
+
+
+@pytest.mark.parametrize("height, width", [(64, 64), (37, 91), (100, 33)])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: smp_unet("resnet18", decoder_channels=(32, 16, 16, 8, 8)),
+        lambda: smp_unet("timm-tf_efficientnet_lite0", decoder_channels=(32, 16, 16, 8, 8)),
+        lambda: classic_unet(base_channels=4, depth=3),
+    ],
+    ids=["smp-resnet18", "smp-lite0", "classic"],
+)
+def test_logits_have_the_input_size_for_any_size(build, height, width):
+    net = build().eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, height, width))
+    assert out.shape == (2, 1, height, width)
+    assert torch.isfinite(out).all()
+
+
+def test_dropout_is_active_in_training_only():
+    net = smp_unet("resnet18", decoder_channels=(32, 16, 16, 8, 8), dropout=0.5)
+    x = torch.rand(1, 3, 64, 64)
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(net(x), net(x))
+    net.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert not torch.equal(net(x), net(x))
+
+
+def test_classic_unet_has_the_original_shape():
+    net = classic_unet(base_channels=64).net
+    convs = [m for m in net.down.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 512, 512]
+    assert net.bottleneck[0].out_channels == 1024
+    assert isinstance(net.dropout, torch.nn.Dropout2d)

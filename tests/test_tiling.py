@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from crackseg.inference.tiling import blend_weights, sliding_window, stride_for, tile_grid, tile_starts
+
+
+@pytest.mark.parametrize("length, tile, stride", [(1000, 256, 128), (256, 256, 128), (257, 256, 200), (100, 256, 128), (999, 64, 64)])
+def test_tile_starts_cover_every_pixel_inside_the_photo(length, tile, stride):
+    starts = tile_starts(length, tile, stride)
+    covered = torch.zeros(max(length, tile), dtype=torch.int32)
+    for s in starts:
+        covered[s : s + tile] += 1
+    assert (covered[:length] > 0).all()
+    assert starts == sorted(set(starts)) and starts[0] == 0
+    assert all(s + tile <= max(length, tile) for s in starts)
+    assert all(b - a <= stride for a, b in zip(starts, starts[1:]))
+
+
+def test_tile_grid_and_bad_arguments():
+    assert tile_grid(300, 200, 128, 128) == [(y, x) for y in (0, 128, 172) for x in (0, 72)]
+    with pytest.raises(ValueError):
+        tile_starts(100, 64, 65)
+    with pytest.raises(ValueError):
+        stride_for(64, 1.0)
+
+
+def test_gaussian_weights_peak_in_the_centre_and_stay_positive():
+    w = blend_weights(64)
+    assert w.shape == (64, 64) and w.min() > 0 and w[31:33, 31:33].min() > 0.99
+    assert torch.equal(blend_weights(8, "constant"), torch.ones(8, 8))
+
+
+@pytest.mark.parametrize("height, width", [(64, 64), (97, 131), (30, 45), (64, 200), (129, 64)])
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+def test_identity_predictor_stitches_back_to_the_input(height, width, blend, overlap):
+    image = torch.rand(2, height, width)
+    out = sliding_window(image, lambda tiles: tiles, tile=64, overlap=overlap, batch_size=3, blend=blend)
+    assert out.shape == image.shape
+    torch.testing.assert_close(out, image, rtol=0, atol=1e-6)
+
+
+def test_uint8_photos_stitch_through_the_predictor():
+    image = torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8)
+    out = sliding_window(image, lambda tiles: tiles.float(), tile=32, overlap=0.25)
+    torch.testing.assert_close(out, image.float(), rtol=0, atol=1e-4)
+
+
+def test_conv_model_matches_a_full_photo_forward_away_from_tile_borders():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 3, padding=1)).eval()
+    image, tile, radius = torch.rand(3, 150, 170), 48, 2  # two 3x3 convs see 2 px around
+    with torch.no_grad():
+        direct = net(image[None])[0]
+    out = sliding_window(image, net, tile=tile, overlap=0.25, blend="gaussian")
+    # A tile's edge differs from the full forward only where it cuts into the photo.
+    exact = torch.ones(150, 170, dtype=torch.bool)
+    for y, x in tile_grid(150, 170, tile, stride_for(tile, 0.25)):
+        inner = torch.zeros_like(exact)
+        inner[y + (radius if y > 0 else 0) : y + tile - (radius if y + tile < 150 else 0),
+              x + (radius if x > 0 else 0) : x + tile - (radius if x + tile < 170 else 0)] = True
+        band = torch.zeros_like(exact)
+        band[y : y + tile, x : x + tile] = True
+        exact &= ~(band & ~inner)
+    assert exact.float().mean() > 0.6
+    torch.testing.assert_close(out[0][exact], direct[0][exact], rtol=0, atol=1e-5)

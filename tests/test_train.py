@@ -1,0 +1,72 @@
+"""End-to-end training runs on tiny data (and a smoke run on real data when it is there)."""
+
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from crackseg.training import train
+from tests.conftest import ROOT, SHARED_DATA, needs_shared
+
+TINY_MODEL = ["model=unet_classic", "model.net.base_channels=4", "model.net.depth=2", "model.log_images=1"]
+
+
+def _train_cfg(tmp_path, *overrides):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                f"paths.output_dir={tmp_path}",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+                "data.num_workers=0",
+                "trainer.accelerator=cpu",
+                "trainer.enable_progress_bar=false",
+                *TINY_MODEL,
+                *overrides,
+            ],
+        )
+
+
+def test_one_epoch_writes_checkpoints_tensorboard_and_summary(tmp_path, tiny_dataset):
+    cfg = _train_cfg(
+        tmp_path, "data=folder", f"data.root={tiny_dataset}", "data.tile=64", "data.tiles_per_epoch=16",
+        "data.batch_size=4", "trainer.max_epochs=2",
+    )
+    best = train(cfg)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert 0 <= best <= 1 and summary["val_dice_best"] == pytest.approx(best)
+    assert summary["epochs"] == 2 and summary["train_tiles"] == 2 * 16
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert summary["best_ckpt"].startswith(str(tmp_path / "checkpoints"))
+    events = list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events
+    checkpoint = torch.load(summary["best_ckpt"], map_location="cpu", weights_only=False)
+    assert "classic_unet" in checkpoint["hyper_parameters"]["net_config"]
+    assert checkpoint["hyper_parameters"]["threshold"] == 0.5
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(events[0].parent)).Reload().Tags()
+    assert {"train/loss", "val/loss", "val/dice", "val/dice_best", "val/iou"} <= set(tags["scalars"])
+    assert "val/photo_0" in tags["images"]
+
+
+def test_fast_dev_run_on_the_default_builtin_data(tmp_path):
+    cfg = _train_cfg(tmp_path, "trainer.fast_dev_run=true", "data.synthetic.n=3", "data.synthetic.width=300",
+                     "data.synthetic.height=200", "data.tile=128")
+    train(cfg)
+    assert (tmp_path / "cache" / "synthetic").is_dir()
+    assert (tmp_path / "summary.json").is_file()
+
+
+@pytest.mark.slow
+@needs_shared("cracksight")
+def test_smoke_run_on_cracksight(tmp_path):
+    cfg = _train_cfg(
+        tmp_path, "data=cracksight", f"paths.shared_data_dir={SHARED_DATA}", "data.tiles_per_epoch=8",
+        "data.batch_size=4", "trainer.max_epochs=1", "trainer.limit_val_batches=1", "model.val_batch_size=32",
+    )
+    best = train(cfg)
+    assert 0 <= best <= 1
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
