@@ -65,6 +65,7 @@ def test_fast_dev_run_on_the_default_builtin_data(tmp_path):
 def test_smoke_run_on_cracksight(tmp_path):
     cfg = _train_cfg(
         tmp_path, "data=cracksight", f"paths.shared_data_dir={SHARED_DATA}", "data.tiles_per_epoch=8",
+        f"data.cache_dir={ROOT / '.cache' / 'decoded'}",  # decoded photos are reused across runs
         "data.batch_size=4", "trainer.max_epochs=1", "trainer.limit_val_batches=1", "model.val_batch_size=32",
     )
     best = train(cfg)
