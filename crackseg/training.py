@@ -24,8 +24,8 @@ def train(cfg: DictConfig) -> float:
     """Fit the model on the data, write ``summary.json`` in the run folder, return val/dice_best."""
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    datamodule = hydra.utils.instantiate(cfg.data)
-    model = hydra.utils.instantiate(cfg.model, net_config=OmegaConf.to_yaml(cfg.model.net, resolve=True))
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    model = hydra.utils.instantiate(cfg.model, _convert_="all", net_config=OmegaConf.to_yaml(cfg.model.net, resolve=True))
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from crackseg.inference.tiling import blend_weights, sliding_window, stride_for, tile_grid, tile_starts
+import torch.nn.functional as F
+
+from crackseg.inference.tiling import blend_weights, scale_factor, sliding_window, stride_for, tile_grid, tile_starts
 
 
 @pytest.mark.parametrize("length, tile, stride", [(1000, 256, 128), (256, 256, 128), (257, 256, 200), (100, 256, 128), (999, 64, 64)])
@@ -64,3 +66,62 @@ def test_conv_model_matches_a_full_photo_forward_away_from_tile_borders():
         exact &= ~(band & ~inner)
     assert exact.float().mean() > 0.6
     torch.testing.assert_close(out[0][exact], direct[0][exact], rtol=0, atol=1e-5)
+
+
+def _upscaled_and_back(image, k):
+    """The plain route at scale k: upsample the whole photo (bilinear), identity, block-average."""
+    return F.avg_pool2d(F.interpolate(image[None], scale_factor=k, mode="bilinear", align_corners=False), k)[0]
+
+
+@pytest.mark.parametrize("height, width", [(64, 64), (97, 131), (30, 45), (129, 64)])
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+def test_identity_upscaled_tiles_stitch_to_the_whole_photo_route(height, width, blend):
+    image = torch.rand(2, height, width) * 255
+    for k in (2, 4):
+        out = sliding_window(image, lambda tiles: tiles, tile=64, overlap=0.25, batch_size=5, blend=blend, scales=[k])
+        torch.testing.assert_close(out, _upscaled_and_back(image, k), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("height, width", [(64, 64), (98, 130), (66, 94), (200, 300)])
+def test_identity_downscaled_tiles_stitch_to_the_whole_photo_route(height, width):
+    image = torch.rand(1, height, width) * 255
+    k, tile = 2, 32
+    out = sliding_window(image, lambda tiles: tiles, tile=tile, overlap=0.5, blend="constant", scales=[0.5])
+    small = F.avg_pool2d(image[None], k)
+    reference = F.interpolate(small, scale_factor=k, mode="bilinear", align_corners=False)[0]
+    # Bilinear upsampling of a tile differs from the whole map's only in its outer source pixel
+    # ring (edge replication vs. the neighbour tile): compare where every covering tile agrees.
+    exact = torch.ones(height, width, dtype=torch.bool)
+    for y, x in tile_grid(max(-(-height // k), tile), max(-(-width // k), tile), tile, stride_for(tile, 0.5)):
+        sy, sx, f = y * k, x * k, tile * k
+        band = torch.zeros_like(exact)
+        band[sy : sy + f, sx : sx + f] = True
+        inner_y = slice(sy + (sy > 0), sy + f - (sy + f < height))
+        inner_x = slice(sx + (sx > 0), sx + f - (sx + f < width))
+        band[inner_y, inner_x] = False
+        exact &= ~band
+    assert exact.float().mean() > 0.8
+    torch.testing.assert_close(out[0][exact], reference[0][exact], rtol=0, atol=1e-3)
+
+
+def test_constant_photo_stays_constant_at_every_scale_and_size():
+    for height, width in [(20, 33), (100, 77), (256, 300)]:
+        image = torch.full((3, height, width), 77.0)
+        out = sliding_window(image, lambda tiles: tiles, tile=64, overlap=0.25, scales=[1, 2, 0.5])
+        assert out.shape == (3, height, width)
+        torch.testing.assert_close(out, image, rtol=0, atol=1e-3)
+
+
+def test_multiscale_result_is_the_mean_of_the_single_scale_results():
+    image = torch.rand(3, 90, 110) * 255
+    predict = lambda tiles: tiles.mean(dim=1, keepdim=True) ** 0.5  # noqa: E731
+    runs = [sliding_window(image, predict, tile=32, scales=[s]) for s in (1, 2, 0.5)]
+    torch.testing.assert_close(sliding_window(image, predict, tile=32, scales=[1, 2, 0.5]), sum(runs) / 3)
+
+
+def test_scales_must_map_onto_whole_pixels():
+    assert scale_factor(2) == (True, 2) and scale_factor(0.5) == (False, 2) and scale_factor(0.25) == (False, 4)
+    with pytest.raises(ValueError, match="1.5"):
+        scale_factor(1.5)
+    with pytest.raises(ValueError, match="multiple"):
+        sliding_window(torch.rand(1, 40, 40), lambda t: t, tile=30, scales=[4])

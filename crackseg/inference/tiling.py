@@ -7,7 +7,7 @@ source-resolution map instead of materialising every rescaled photo.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,13 +55,77 @@ def blend_weights(tile: int, mode: str = "gaussian", sigma_scale: float = 0.125)
     return w.clamp_min(1e-3).float()  # photo borders are covered by one tile: keep them weighted
 
 
-def _pad_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    pad_h, pad_w = height - image.shape[-2], width - image.shape[-1]
-    if pad_h <= 0 and pad_w <= 0:
-        return image
-    pad = (0, max(pad_w, 0), 0, max(pad_h, 0))
-    mode = "reflect" if pad_h < image.shape[-2] and pad_w < image.shape[-1] else "replicate"
-    return F.pad(image.float()[None], pad, mode=mode)[0].to(image.dtype)
+def scale_factor(scale: float) -> tuple[bool, int]:
+    """``(upscale, k)`` for a scale ``k`` or ``1/k`` with integer ``k``; other scales are refused
+    because their tiles would not map onto whole source pixels."""
+    if scale >= 1 and float(scale).is_integer():
+        return True, int(scale)
+    if 0 < scale < 1 and abs(1 / scale - round(1 / scale)) < 1e-6:
+        return False, int(round(1 / scale))
+    raise ValueError(f"scales must be integers or 1/integers (e.g. 1, 2, 0.5), got {scale}")
+
+
+def _gather(image: torch.Tensor, y: int, x: int, height: int, width: int) -> torch.Tensor:
+    """``image[:, y:y+height, x:x+width]`` as float, replicating edge pixels outside the photo."""
+    rows = torch.arange(y, y + height, device=image.device).clamp_(0, image.shape[-2] - 1)
+    cols = torch.arange(x, x + width, device=image.device).clamp_(0, image.shape[-1] - 1)
+    inside = y >= 0 and x >= 0 and y + height <= image.shape[-2] and x + width <= image.shape[-1]
+    crop = image[:, y : y + height, x : x + width] if inside else image[:, rows][:, :, cols]
+    return crop.float()
+
+
+class _ScaleGeometry:
+    """Maps the tiles of one scale to source pixels.
+
+    Upscale by k: a tile at (y, x) of the k-times photo shows the source box of side tile/k at
+    (y/k, x/k), bilinearly upsampled with a one-pixel margin so that it equals the same crop of
+    the whole upsampled photo. Downscale by k: the tile shows the source box of side tile*k at
+    (y*k, x*k), averaged over k x k blocks (area interpolation). Predictions go back the same
+    way (block average, resp. bilinear), straight into source resolution.
+    """
+
+    def __init__(self, scale: float, tile: int, stride: int, height: int, width: int):
+        self.up, self.k = scale_factor(scale)
+        k = self.k
+        if self.up and tile % k:
+            raise ValueError(f"tile {tile} must be a multiple of the scale {scale}")
+        self.tile, self.height, self.width = tile, height, width
+        if self.up:
+            stride = max(k, stride - stride % k)
+            scaled = (height * k, width * k)
+            self.footprint = tile // k
+        else:
+            scaled = (-(-height // k), -(-width // k))
+            self.footprint = tile * k
+        self.positions = tile_grid(max(scaled[0], tile), max(scaled[1], tile), tile, stride)
+
+    def source_origin(self, y: int, x: int) -> tuple[int, int]:
+        return (y // self.k, x // self.k) if self.up else (y * self.k, x * self.k)
+
+    def tile_input(self, image: torch.Tensor, y: int, x: int) -> torch.Tensor:
+        sy, sx = self.source_origin(y, x)
+        k = self.k
+        if self.up and k == 1:
+            return _gather(image, sy, sx, self.tile, self.tile)
+        if self.up:
+            crop = _gather(image, sy - 1, sx - 1, self.footprint + 2, self.footprint + 2)
+            big = F.interpolate(crop[None], scale_factor=k, mode="bilinear", align_corners=False)[0]
+            return big[:, k : k + self.tile, k : k + self.tile]
+        return F.avg_pool2d(_gather(image, sy, sx, self.footprint, self.footprint)[None], k)[0]
+
+    def to_source(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Predictions or weights ``(B, K, tile, tile)`` at source resolution ``(B, K, f, f)``."""
+        if self.k == 1:
+            return tiles
+        if self.up:
+            return F.avg_pool2d(tiles, self.k)
+        return F.interpolate(tiles, scale_factor=self.k, mode="bilinear", align_corners=False)
+
+
+def count_tiles(height: int, width: int, tile: int, overlap: float, scales: Sequence[float]) -> int:
+    """Tiles a ``height`` x ``width`` photo costs over all ``scales``."""
+    stride = stride_for(tile, overlap)
+    return sum(len(_ScaleGeometry(s, tile, stride, height, width).positions) for s in scales)
 
 
 def _batches(positions: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
@@ -77,24 +141,44 @@ def sliding_window(
     overlap: float = 0.25,
     batch_size: int = 8,
     blend: str = "gaussian",
+    scales: Sequence[float] = (1,),
+    progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Predict a ``(C, H, W)`` image tile by tile and stitch the blended result ``(K, H, W)``.
+    """Predict a ``(C, H, W)`` photo tile by tile at each scale and return the per-pixel mean
+    over scales of the blended predictions, at source resolution: ``(K, H, W)`` float32.
 
-    ``predict`` maps a batch of tiles ``(B, C, tile, tile)`` to ``(B, K, tile, tile)``; it runs
-    on the image's device. Photos smaller than a tile are padded and cropped back.
+    ``predict`` maps float tiles ``(B, C, tile, tile)`` (the photo's value range) to
+    ``(B, K, tile, tile)`` and runs on the photo's device. No rescaled photo is materialised:
+    each tile is resampled from the source and its prediction accumulated straight into
+    source-resolution maps, so memory is three maps of the photo's size whatever the scales.
+    Borders and photos smaller than a tile are handled by replicating edge pixels.
+    ``progress(n)`` is called after every batch with its number of tiles.
     """
     height, width = image.shape[-2:]
-    padded = _pad_to(image, max(height, tile), max(width, tile))
-    positions = tile_grid(padded.shape[-2], padded.shape[-1], tile, stride_for(tile, overlap))
-    weights = blend_weights(tile, blend).to(image.device)
-    out: torch.Tensor | None = None
-    norm = torch.zeros(padded.shape[-2:], device=image.device)
-    for chunk in _batches(positions, batch_size):
-        tiles = torch.stack([padded[:, y : y + tile, x : x + tile] for y, x in chunk])
-        pred = predict(tiles).float()
-        if out is None:
-            out = torch.zeros((pred.shape[1], *padded.shape[-2:]), device=image.device)
-        for (y, x), p in zip(chunk, pred):
-            out[:, y : y + tile, x : x + tile] += p * weights
-            norm[y : y + tile, x : x + tile] += weights
-    return (out / norm)[:, :height, :width]
+    stride = stride_for(tile, overlap)
+    weights = blend_weights(tile, blend).to(image.device)[None, None]
+    mean: torch.Tensor | None = None
+    for scale in scales:
+        geometry = _ScaleGeometry(scale, tile, stride, height, width)
+        source_weights = geometry.to_source(weights)[0, 0]
+        total: torch.Tensor | None = None
+        norm = torch.zeros((height, width), device=image.device)
+        for chunk in _batches(geometry.positions, batch_size):
+            tiles = torch.stack([geometry.tile_input(image, y, x) for y, x in chunk])
+            pred = geometry.to_source(predict(tiles).float())
+            if total is None:
+                total = torch.zeros((pred.shape[1], height, width), device=image.device)
+            for (y, x), p in zip(chunk, pred):
+                sy, sx = geometry.source_origin(y, x)
+                h, w = min(geometry.footprint, height - sy), min(geometry.footprint, width - sx)
+                if h <= 0 or w <= 0:
+                    continue
+                w_box = source_weights[:h, :w]
+                total[:, sy : sy + h, sx : sx + w].addcmul_(p[:, :h, :w], w_box)
+                norm[sy : sy + h, sx : sx + w] += w_box
+            if progress is not None:
+                progress(len(chunk))
+        total /= norm
+        mean = total if mean is None else mean.add_(total)
+        del norm
+    return mean.div_(len(scales))

@@ -35,8 +35,9 @@ def segmentation_metrics(threshold: float, prefix: str) -> MetricCollection:
 
 
 class CrackSegModule(pl.LightningModule):
-    """``forward`` takes uint8 (or [0, 1] float) RGB ``(B, 3, H, W)`` and returns logits
-    ``(B, 1, H, W)``; normalisation lives here so a checkpoint carries it to prediction."""
+    """``forward`` takes RGB pixel values in [0, 255] ``(B, 3, H, W)`` (uint8 or float, as the
+    tiler resamples them) and returns logits ``(B, 1, H, W)``; normalisation lives here so a
+    checkpoint carries it to prediction."""
 
     def __init__(
         self,
@@ -68,8 +69,7 @@ class CrackSegModule(pl.LightningModule):
         self.val_dice_best = MaxMetric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-        x = (x - self.mean) / self.std
+        x = (x.float() / 255 - self.mean) / self.std
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
@@ -122,7 +122,7 @@ class CrackSegModule(pl.LightningModule):
         y = min(max(cy - size // 2, 0), image.shape[1] - size)
         x = min(max(cx - size // 2, 0), image.shape[2] - size)
         window = (slice(None), slice(y, y + size), slice(x, x + size))
-        photo = image[window].float() / 255 if image.dtype == torch.uint8 else image[window]
+        photo = image[window].float() / 255
         panel = torch.cat([photo, mask[window].expand(3, -1, -1), prob[window].expand(3, -1, -1)], dim=2)
         logger.experiment.add_image(f"val/photo_{index}", panel.clamp(0, 1).cpu(), self.global_step)
 

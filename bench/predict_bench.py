@@ -1,0 +1,166 @@
+"""Multi-scale prediction of one large synthetic photo: crackseg's tiler against the plain route.
+
+    python bench/predict_bench.py [--size 4000x3000] [--model unet] [--scales 1 2 0.5]
+                                  [--tile 256] [--overlap 0.25] [--batch-size 8] [--skip-monai]
+
+Routes, each in its own process so that its peak RSS is its own:
+- crackseg: ``Predictor`` (tiles resampled from the source, accumulated at source resolution);
+- model-only: a batched forward of as many random tiles of the same shape (the floor);
+- monai: per scale, resize the whole photo, MONAI ``sliding_window_inference`` (gaussian, same
+  tile/overlap/batch), resize back, average (``pip install monai``).
+The model is the composed ``conf/model/<model>.yaml`` with random weights: speed does not
+depend on them. The LAST line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+sys.path.insert(0, str(ROOT))
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def _model(name: str):
+    import hydra
+    import torch
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(0)
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={name}", "paths.output_dir=/tmp"])
+    return hydra.utils.instantiate(cfg.model, net_config=OmegaConf.to_yaml(cfg.model.net)).eval()
+
+
+def route_crackseg(args) -> dict:
+    import torch
+
+    from crackseg.inference.predictor import Predictor
+    from crackseg.io import read_photo
+
+    photo = read_photo(args.photo)
+    predictor = Predictor(_model(args.model), args.scales, args.tile, args.overlap, args.batch_size)
+    started = time.perf_counter()
+    prob = predictor(photo)
+    wall = time.perf_counter() - started
+    tiles = predictor.tiles_for(*photo.shape[:2])
+    del prob
+    return {"wall_s": wall, "tiles": tiles, "peak_rss_gib": _peak_rss_gib(), "threads": torch.get_num_threads()}
+
+
+def route_model_only(args) -> dict:
+    import torch
+
+    model = _model(args.model)
+    batch = torch.randint(0, 256, (args.batch_size, 3, args.tile, args.tile), dtype=torch.uint8).float()
+    with torch.no_grad():
+        model(batch)  # warm-up
+        started = time.perf_counter()
+        for start in range(0, args.tiles, args.batch_size):
+            torch.sigmoid(model(batch[: min(args.batch_size, args.tiles - start)]))
+    return {"wall_s": time.perf_counter() - started}
+
+
+def route_monai(args) -> dict:
+    import cv2
+    import numpy as np
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from crackseg.io import read_photo
+
+    photo = read_photo(args.photo)
+    model = _model(args.model)
+    height, width = photo.shape[:2]
+    started = time.perf_counter()
+    mean = np.zeros((height, width), np.float32)
+    for scale in args.scales:
+        size = (round(width * scale), round(height * scale))
+        scaled = cv2.resize(photo, size, interpolation=cv2.INTER_LINEAR if scale >= 1 else cv2.INTER_AREA)
+        inputs = torch.from_numpy(scaled).permute(2, 0, 1)[None].float()
+        del scaled
+        with torch.no_grad():
+            prob = sliding_window_inference(inputs, (args.tile, args.tile), args.batch_size,
+                                            lambda x: torch.sigmoid(model(x)), overlap=args.overlap, mode="gaussian")
+        del inputs
+        mean += cv2.resize(prob[0, 0].numpy(), (width, height), interpolation=cv2.INTER_LINEAR)
+        del prob
+    mean /= len(args.scales)
+    return {"wall_s": time.perf_counter() - started, "peak_rss_gib": _peak_rss_gib()}
+
+
+ROUTES = {"crackseg": route_crackseg, "model_only": route_model_only, "monai": route_monai}
+
+
+def _run_route(route: str, args, extra: list[str]) -> dict:
+    command = [sys.executable, __file__, "--route", route, "--photo", str(args.photo), "--model", args.model,
+               "--tile", str(args.tile), "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
+               "--scales", *map(str, args.scales), *extra]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="4000x3000")
+    parser.add_argument("--model", default="unet")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1, 2, 0.5])
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--skip-monai", action="store_true")
+    parser.add_argument("--route", choices=ROUTES, help=argparse.SUPPRESS)
+    parser.add_argument("--photo", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--tiles", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.scales = [int(s) if float(s).is_integer() else s for s in args.scales]
+
+    if args.route:
+        print(json.dumps(ROUTES[args.route](args)))
+        return
+
+    from crackseg.data.synthetic import render
+    from crackseg.io import write_image
+
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        args.photo = Path(tmp) / "photo.jpg"
+        write_image(args.photo, render(0, width, height)[0], jpeg_quality=92)
+        ours = _run_route("crackseg", args, [])
+        floor = _run_route("model_only", args, ["--tiles", str(ours["tiles"])])
+        monai = None if args.skip_monai else _run_route("monai", args, [])
+    result = {
+        "size": f"{width}x{height}",
+        "scales": args.scales,
+        "model": args.model,
+        "tiles": ours["tiles"],
+        "torch_threads": ours["threads"],
+        "wall_s": round(ours["wall_s"], 2),
+        "model_only_s": round(floor["wall_s"], 2),
+        "overhead_ratio": round(ours["wall_s"] / floor["wall_s"], 3),
+        "source_mp_per_s": round(width * height / 1e6 / ours["wall_s"], 3),
+        "peak_rss_gib": round(ours["peak_rss_gib"], 3),
+        "monai_wall_s": monai and round(monai["wall_s"], 2),
+        "monai_peak_rss_gib": monai and round(monai["peak_rss_gib"], 3),
+    }
+    if monai:
+        result["wall_vs_monai"] = round(ours["wall_s"] / monai["wall_s"], 3)
+        result["rss_vs_monai"] = round(ours["peak_rss_gib"] / monai["peak_rss_gib"], 3)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Load a trained checkpoint and predict crack probabilities of whole photos at several scales."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from crackseg.inference.tiling import count_tiles, sliding_window
+from crackseg.models.module import CrackSegModule
+
+_MODULE_KEYS = ("threshold", "mean", "std", "val_tile", "val_overlap", "val_batch_size", "channels_last")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing or was not written by crackseg's training."""
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> CrackSegModule:
+    """The trained module of a checkpoint, in eval mode on ``device``; the net is rebuilt from
+    the config stored in it, so no training config is needed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to the user
+        raise CheckpointError(f"not a readable PyTorch checkpoint: {path} ({err})") from err
+    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+    if not hparams.get("net_config") or "state_dict" not in checkpoint:
+        raise CheckpointError(f"not a crackseg checkpoint (no net_config or state_dict): {path}")
+    net = hydra.utils.instantiate(OmegaConf.create(hparams["net_config"]))
+    module = CrackSegModule(net=net, loss=nn.Identity(), optimizer=None,
+                            **{k: hparams[k] for k in _MODULE_KEYS if k in hparams})
+    weights = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    try:
+        module.load_state_dict(weights, strict=False)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint weights do not fit its net config: {path}\n{err}") from err
+    missing = [k for k in module.state_dict() if k.startswith("net.") and k not in weights]
+    if missing:
+        raise CheckpointError(f"checkpoint lacks {len(missing)} weights of its net, e.g. {missing[0]}: {path}")
+    return module.eval().to(device)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Predictor:
+    """Crack probability ``(H, W)`` float32 of an RGB ``uint8`` photo: the mean over ``scales``
+    of gaussian-blended sliding-window predictions, each brought back to source resolution."""
+
+    def __init__(
+        self,
+        model: CrackSegModule,
+        scales: Sequence[float] = (1, 2, 0.5),
+        tile: int = 256,
+        overlap: float = 0.25,
+        batch_size: int = 8,
+        blend: str = "gaussian",
+        precision: str = "fp32",
+    ):
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.scales, self.tile, self.overlap = list(scales), tile, overlap
+        self.batch_size, self.blend, self.precision = batch_size, blend, precision
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _predict_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return torch.sigmoid(self.model(tiles).float())
+
+    def tiles_for(self, height: int, width: int) -> int:
+        """How many tiles a photo of this size costs over all scales (for progress bars)."""
+        return count_tiles(height, width, self.tile, self.overlap, self.scales)
+
+    @torch.no_grad()
+    def __call__(self, photo: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).to(self.device)
+        prob = sliding_window(image, self._predict_tiles, self.tile, self.overlap, self.batch_size,
+                              self.blend, self.scales, progress)
+        return prob[0].cpu().numpy()

@@ -1,0 +1,119 @@
+"""predict.py: checkpoint loading, outputs, resumable batches, bad input."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from crackseg.inference.predictor import CheckpointError, Predictor, load_model
+from crackseg.io import read_mask, write_image
+from crackseg.predicting import predict
+from crackseg.report.writers import find_contours
+from crackseg.training import train
+from tests.conftest import ROOT
+from tests.test_train import _train_cfg
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = _train_cfg(out, "data=folder", f"data.root={tiny_dataset}", "data.tile=64", "data.tiles_per_epoch=8",
+                     "data.batch_size=4", "trainer.max_epochs=1")
+    train(cfg)
+    return out / "checkpoints" / "last.ckpt"
+
+
+def _predict_cfg(**overrides):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("predict", overrides=["ckpt=x", "input=x", "output=x", "tile=64", "batch_size=4"])
+    for key, value in overrides.items():
+        cfg[key] = value
+    return cfg
+
+
+def test_checkpoint_loads_without_the_training_config(checkpoint):
+    model = load_model(checkpoint)
+    assert not model.training and model.hparams.threshold == 0.5
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 40, 50, dtype=torch.uint8)).shape == (1, 1, 40, 50)
+
+
+def test_bad_checkpoints_raise_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "missing.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_model(tmp_path / "junk.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match="not a crackseg checkpoint"):
+        load_model(tmp_path / "other.ckpt")
+
+
+def test_single_scale_prediction_is_the_validation_tiler(checkpoint, tiny_dataset):
+    model = load_model(checkpoint)
+    photo = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    prob = Predictor(model, scales=[1], tile=64, overlap=0.25)(photo)
+    model.hparams.val_tile = 64
+    expected = model.predict_photo(torch.from_numpy(photo).permute(2, 0, 1))[0].numpy()
+    np.testing.assert_allclose(prob, expected, atol=1e-6)
+    multi = Predictor(model, scales=[1, 2, 0.5], tile=64)(photo)
+    assert multi.shape == (70, 90) and multi.dtype == np.float32 and 0 <= multi.min() <= multi.max() <= 1
+
+
+def test_batch_writes_outputs_reports_bad_photos_and_resumes(checkpoint, tiny_dataset, tmp_path):
+    photos = tmp_path / "in"
+    for src in sorted((tiny_dataset / "images" / "train").glob("*.jpg"))[:2]:
+        (photos / src.name).parent.mkdir(exist_ok=True)
+        (photos / src.name).write_bytes(src.read_bytes())
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path / "out"
+    cfg = _predict_cfg(ckpt=str(checkpoint), input=str(photos), output=str(out), threshold=0.3)
+    assert predict(cfg) == 1
+
+    rows = {r["photo"].split("/")[-1]: r for r in csv.DictReader((out / "summary.csv").open())}
+    assert rows["broken.jpg"]["status"].startswith("failed") and "broken.jpg" in rows["broken.jpg"]["status"]
+    good = [name for name in rows if name != "broken.jpg"]
+    assert len(good) == 2
+    for name in good:
+        stem = name[:-4]
+        assert rows[name]["status"] == "ok" and rows[name]["width"] == "200"
+        mask = read_mask(out / f"{stem}_mask.png", (168, 200))
+        contours = json.loads((out / f"{stem}_contours.json").read_text())
+        assert contours["threshold"] == 0.3 and len(contours["contours"]) == int(rows[name]["contours"])
+        assert int(rows[name]["crack_pixels"]) == int(mask.sum())
+        assert (out / f"{stem}_overlay.jpg").is_file() and (out / f"{stem}_prob.png").is_file()
+    assert not list(out.glob(".*.tmp")) and not list(out.glob("broken*"))
+
+    stamp = (out / f"{good[0][:-4]}_mask.png").stat().st_mtime_ns
+    assert predict(cfg) == 1  # the broken photo still fails; the others are skipped
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert sum(r["status"].startswith("skipped") for r in rows) == 2
+    assert (out / f"{good[0][:-4]}_mask.png").stat().st_mtime_ns == stamp
+    cfg.overwrite = True
+    predict(cfg)
+    assert (out / f"{good[0][:-4]}_mask.png").stat().st_mtime_ns != stamp
+
+
+def test_contours_of_a_known_mask():
+    mask = np.zeros((50, 80), np.uint8)
+    mask[10:20, 5:45] = 1
+    mask[30:45, 60:63] = 1
+    contours = find_contours(mask)
+    assert [c["bbox"] for c in contours] == [[5, 10, 40, 10], [60, 30, 3, 15]]
+    assert [c["pixels"] for c in contours] == [400, 45]
+    assert contours[0]["area"] == pytest.approx(39 * 9)  # polygon through the pixel centres
+
+
+def test_cli_exits_non_zero_on_a_missing_checkpoint(tmp_path):
+    write_image(tmp_path / "p.png", np.zeros((8, 8, 3), np.uint8))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "predict.py"), f"ckpt={tmp_path / 'none.ckpt'}", f"input={tmp_path}",
+         f"output={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0 and "checkpoint not found" in result.stderr
