@@ -128,9 +128,38 @@ def count_tiles(height: int, width: int, tile: int, overlap: float, scales: Sequ
     return sum(len(_ScaleGeometry(s, tile, stride, height, width).positions) for s in scales)
 
 
-def _batches(positions: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
-    for i in range(0, len(positions), size):
-        yield positions[i : i + size]
+class _RowBand:
+    """Blended sums over a band of source rows. Tiles arrive row by row, so once the tiles
+    reach row ``r`` every row above it is final and is flushed into the output: memory holds
+    a band a few tiles high, not a full-size map per scale."""
+
+    def __init__(self, channels: int, rows: int, width: int, device: torch.device):
+        self.offset = 0  # source row of the band's first row
+        self.total = torch.zeros((channels, rows, width), device=device)
+        self.norm = torch.zeros((rows, width), device=device)
+
+    def add(self, sy: int, sx: int, pred: torch.Tensor, weights: torch.Tensor) -> None:
+        h, w = weights.shape
+        row = sy - self.offset
+        missing = row + h - self.norm.shape[0]
+        if missing > 0:
+            self.total = torch.cat([self.total, self.total.new_zeros((self.total.shape[0], missing, self.total.shape[2]))], 1)
+            self.norm = torch.cat([self.norm, self.norm.new_zeros((missing, self.norm.shape[1]))])
+        self.total[:, row : row + h, sx : sx + w].addcmul_(pred, weights)
+        self.norm[row : row + h, sx : sx + w] += weights
+
+    def flush(self, until: int, out: torch.Tensor) -> None:
+        """Add the blended rows ``[offset, until)`` to ``out`` and drop them from the band."""
+        n = until - self.offset
+        if n <= 0:
+            return
+        out[:, self.offset : until] += self.total[:, :n] / self.norm[:n]
+        keep = self.norm.shape[0] - n
+        self.total[:, :keep] = self.total[:, n:].clone()
+        self.norm[:keep] = self.norm[n:].clone()
+        self.total[:, keep:] = 0
+        self.norm[keep:] = 0
+        self.offset = until
 
 
 @torch.no_grad()
@@ -150,35 +179,34 @@ def sliding_window(
     ``predict`` maps float tiles ``(B, C, tile, tile)`` (the photo's value range) to
     ``(B, K, tile, tile)`` and runs on the photo's device. No rescaled photo is materialised:
     each tile is resampled from the source and its prediction accumulated straight into
-    source-resolution maps, so memory is three maps of the photo's size whatever the scales.
+    the output at source resolution through a band of rows (:class:`_RowBand`), so memory is
+    one map of the photo's size, whatever the scales.
     Borders and photos smaller than a tile are handled by replicating edge pixels.
     ``progress(n)`` is called after every batch with its number of tiles.
     """
     height, width = image.shape[-2:]
     stride = stride_for(tile, overlap)
     weights = blend_weights(tile, blend).to(image.device)[None, None]
-    mean: torch.Tensor | None = None
+    out: torch.Tensor | None = None
     for scale in scales:
         geometry = _ScaleGeometry(scale, tile, stride, height, width)
         source_weights = geometry.to_source(weights)[0, 0]
-        total: torch.Tensor | None = None
-        norm = torch.zeros((height, width), device=image.device)
-        for chunk in _batches(geometry.positions, batch_size):
+        positions, band = geometry.positions, None
+        for start in range(0, len(positions), batch_size):
+            chunk = positions[start : start + batch_size]
             tiles = torch.stack([geometry.tile_input(image, y, x) for y, x in chunk])
             pred = geometry.to_source(predict(tiles).float())
-            if total is None:
-                total = torch.zeros((pred.shape[1], height, width), device=image.device)
+            if out is None:
+                out = torch.zeros((pred.shape[1], height, width), device=image.device)
+            if band is None:
+                band = _RowBand(pred.shape[1], min(2 * geometry.footprint, height), width, image.device)
             for (y, x), p in zip(chunk, pred):
                 sy, sx = geometry.source_origin(y, x)
                 h, w = min(geometry.footprint, height - sy), min(geometry.footprint, width - sx)
-                if h <= 0 or w <= 0:
-                    continue
-                w_box = source_weights[:h, :w]
-                total[:, sy : sy + h, sx : sx + w].addcmul_(p[:, :h, :w], w_box)
-                norm[sy : sy + h, sx : sx + w] += w_box
+                if h > 0 and w > 0:
+                    band.add(sy, sx, p[:, :h, :w], source_weights[:h, :w])
+            following = positions[start + batch_size] if start + batch_size < len(positions) else None
+            band.flush(min(geometry.source_origin(*following)[0], height) if following else height, out)
             if progress is not None:
                 progress(len(chunk))
-        total /= norm
-        mean = total if mean is None else mean.add_(total)
-        del norm
-    return mean.div_(len(scales))
+    return out.div_(len(scales))
