@@ -7,8 +7,9 @@
 Routes, each in its own process so that its peak RSS is its own:
 - crackseg: ``Predictor`` (tiles resampled from the source, accumulated at source resolution);
 - model-only: a batched forward of as many random tiles of the same shape (the floor);
-- monai: per scale, resize the whole photo, MONAI ``sliding_window_inference`` (gaussian, same
-  tile/overlap/batch), resize back, average (``pip install monai``).
+- monai: the plain route a user would otherwise take: per scale, resize the whole photo, MONAI
+  ``sliding_window_inference`` (gaussian, same tile/overlap/batch) with the model in PyTorch's
+  default NCHW layout, resize back, average (``pip install monai``).
 The model is the composed ``conf/model/<model>.yaml`` with random weights: speed does not
 depend on them. The LAST line printed is one JSON object.
 """
@@ -34,7 +35,7 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
-def _model(name: str):
+def _model(name: str, channels_last: bool = True):
     import hydra
     import torch
     from hydra import compose, initialize_config_dir
@@ -42,7 +43,7 @@ def _model(name: str):
 
     torch.manual_seed(0)
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={name}", "paths.output_dir=/tmp"])
+        cfg = compose("train", overrides=[f"model={name}", f"model.channels_last={channels_last}", "paths.output_dir=/tmp"])
     return hydra.utils.instantiate(cfg.model, net_config=OmegaConf.to_yaml(cfg.model.net)).eval()
 
 
@@ -84,7 +85,7 @@ def route_monai(args) -> dict:
     from crackseg.io import read_photo
 
     photo = read_photo(args.photo)
-    model = _model(args.model)
+    model = _model(args.model, channels_last=False)  # PyTorch's default layout, as a user runs it
     height, width = photo.shape[:2]
     started = time.perf_counter()
     mean = np.zeros((height, width), np.float32)

@@ -35,7 +35,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> CrackSeg
     hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
     if not hparams.get("net_config") or "state_dict" not in checkpoint:
         raise CheckpointError(f"not a crackseg checkpoint (no net_config or state_dict): {path}")
-    net = hydra.utils.instantiate(OmegaConf.create(hparams["net_config"]))
+    net_config = OmegaConf.create(hparams["net_config"])
+    if "encoder_weights" in net_config:
+        net_config.encoder_weights = None  # the checkpoint has them all: never download or load twice
+    net = hydra.utils.instantiate(net_config)
     module = CrackSegModule(net=net, loss=nn.Identity(), optimizer=None,
                             **{k: hparams[k] for k in _MODULE_KEYS if k in hparams})
     weights = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
