@@ -58,7 +58,7 @@ def read_photo(path: str | Path) -> np.ndarray:
     array = _to_uint8(_read(path, "photo"), Path(path), "photo")
     if array.ndim == 2:
         return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
-    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB, dst=array)  # in place: no second copy of a large photo
 
 
 def binarize_mask(array: np.ndarray) -> np.ndarray:
