@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,12 @@ sys.path.insert(0, str(ROOT))
 
 
 def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+    """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: the latter survives execve, so
+    a route started by a parent that rendered a large photo would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20  # KiB
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def _model(name: str, channels_last: bool = True):
