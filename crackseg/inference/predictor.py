@@ -87,7 +87,7 @@ class Predictor:
 
     def _predict_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
         with self._autocast():
-            return torch.sigmoid(self.model(tiles).float())
+            return self.model.predict_probabilities(tiles).float()
 
     def tiles_for(self, height: int, width: int) -> int:
         """How many tiles a photo of this size costs over all scales (for progress bars)."""
