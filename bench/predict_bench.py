@@ -2,7 +2,7 @@
 
     python bench/predict_bench.py [--size 4000x3000] [--model unet] [--scales 1 2 0.5]
                                   [--tile 256] [--overlap 0.25] [--batch-size 8]
-                                  [--skip model_only monai]
+                                  [--skip model_only monai] [--device auto] [--precision fp32]
 
 Routes, each in its own process so that its peak RSS is its own:
 - crackseg: ``Predictor`` (tiles resampled from the source, accumulated at source resolution);
@@ -11,7 +11,8 @@ Routes, each in its own process so that its peak RSS is its own:
   ``sliding_window_inference`` (gaussian, same tile/overlap/batch) with the model in PyTorch's
   default NCHW layout, resize back, average (``pip install monai``).
 The model is the composed ``conf/model/<model>.yaml`` with random weights: speed does not
-depend on them. The LAST line printed is one JSON object.
+depend on them. On a GPU (``--device cuda``) each route's peak GPU memory is reported too. The
+LAST line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -39,6 +40,27 @@ def _peak_rss_gib() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
+def _device(name: str):
+    from crackseg.inference.predictor import resolve_device
+
+    return resolve_device(name)
+
+
+def _sync(device) -> float:
+    """perf_counter after the device has finished its queued work."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _gpu_peak_gib(device) -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
 def _model(name: str, channels_last: bool = True):
     import hydra
     import torch
@@ -57,27 +79,36 @@ def route_crackseg(args) -> dict:
     from crackseg.inference.predictor import Predictor
     from crackseg.io import read_photo
 
+    device = _device(args.device)
     photo = read_photo(args.photo)
-    predictor = Predictor(_model(args.model), args.scales, args.tile, args.overlap, args.batch_size)
-    started = time.perf_counter()
+    predictor = Predictor(_model(args.model).to(device), args.scales, args.tile, args.overlap, args.batch_size,
+                          precision=args.precision)
+    if device.type == "cuda":
+        predictor(photo[: args.tile, : args.tile])  # warm-up: CUDA context, cuDNN algorithm choice
+    started = _sync(device)
     prob = predictor(photo)
-    wall = time.perf_counter() - started
+    wall = _sync(device) - started
     tiles = predictor.tiles_for(*photo.shape[:2])
     del prob
-    return {"wall_s": wall, "tiles": tiles, "peak_rss_gib": _peak_rss_gib(), "threads": torch.get_num_threads()}
+    return {"wall_s": wall, "tiles": tiles, "peak_rss_gib": _peak_rss_gib(), "threads": torch.get_num_threads(),
+            "gpu_peak_gib": _gpu_peak_gib(device), "device": str(device)}
 
 
 def route_model_only(args) -> dict:
     import torch
 
-    model = _model(args.model)
-    batch = torch.randint(0, 256, (args.batch_size, 3, args.tile, args.tile), dtype=torch.uint8).float()
+    from crackseg.inference.predictor import Predictor
+
+    device = _device(args.device)
+    predict_tiles = Predictor(_model(args.model).to(device), precision=args.precision)._predict_tiles
+    batch = torch.randint(0, 256, (args.batch_size, 3, args.tile, args.tile), dtype=torch.uint8, device=device).float()
     with torch.no_grad():
-        model(batch)  # warm-up
-        started = time.perf_counter()
+        predict_tiles(batch)  # warm-up
+        started = _sync(device)
         for start in range(0, args.tiles, args.batch_size):
-            torch.sigmoid(model(batch[: min(args.batch_size, args.tiles - start)]))
-    return {"wall_s": time.perf_counter() - started}
+            predict_tiles(batch[: min(args.batch_size, args.tiles - start)])
+        wall = _sync(device) - started
+    return {"wall_s": wall}
 
 
 def route_monai(args) -> dict:
@@ -88,24 +119,25 @@ def route_monai(args) -> dict:
 
     from crackseg.io import read_photo
 
+    device = _device(args.device)
     photo = read_photo(args.photo)
-    model = _model(args.model, channels_last=False)  # PyTorch's default layout, as a user runs it
+    model = _model(args.model, channels_last=False).to(device)  # PyTorch's default layout, as a user runs it
     height, width = photo.shape[:2]
-    started = time.perf_counter()
+    started = _sync(device)
     mean = np.zeros((height, width), np.float32)
     for scale in args.scales:
         size = (round(width * scale), round(height * scale))
         scaled = cv2.resize(photo, size, interpolation=cv2.INTER_LINEAR if scale >= 1 else cv2.INTER_AREA)
-        inputs = torch.from_numpy(scaled).permute(2, 0, 1)[None].float()
+        inputs = torch.from_numpy(scaled).permute(2, 0, 1)[None].to(device).float()
         del scaled
         with torch.no_grad():
             prob = sliding_window_inference(inputs, (args.tile, args.tile), args.batch_size,
                                             lambda x: torch.sigmoid(model(x)), overlap=args.overlap, mode="gaussian")
         del inputs
-        mean += cv2.resize(prob[0, 0].numpy(), (width, height), interpolation=cv2.INTER_LINEAR)
+        mean += cv2.resize(prob[0, 0].cpu().numpy(), (width, height), interpolation=cv2.INTER_LINEAR)
         del prob
     mean /= len(args.scales)
-    return {"wall_s": time.perf_counter() - started, "peak_rss_gib": _peak_rss_gib()}
+    return {"wall_s": _sync(device) - started, "peak_rss_gib": _peak_rss_gib(), "gpu_peak_gib": _gpu_peak_gib(device)}
 
 
 ROUTES = {"crackseg": route_crackseg, "model_only": route_model_only, "monai": route_monai}
@@ -114,6 +146,7 @@ ROUTES = {"crackseg": route_crackseg, "model_only": route_model_only, "monai": r
 def _run_route(route: str, args, extra: list[str]) -> dict:
     command = [sys.executable, __file__, "--route", route, "--photo", str(args.photo), "--model", args.model,
                "--tile", str(args.tile), "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
+               "--device", args.device, "--precision", args.precision,
                "--scales", *map(str, args.scales), *extra]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -129,6 +162,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--skip", nargs="+", default=[], choices=["model_only", "monai"],
                         help="leave routes out (e.g. for a memory-only run at full scale)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--route", choices=ROUTES, help=argparse.SUPPRESS)
     parser.add_argument("--photo", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tiles", type=int, help=argparse.SUPPRESS)
@@ -151,6 +186,8 @@ def main() -> None:
         monai = None if "monai" in args.skip else _run_route("monai", args, [])
     result = {
         "size": f"{width}x{height}",
+        "device": ours["device"],
+        "precision": args.precision,
         "scales": args.scales,
         "model": args.model,
         "tiles": ours["tiles"],
@@ -163,6 +200,9 @@ def main() -> None:
         "monai_wall_s": monai and round(monai["wall_s"], 2),
         "monai_peak_rss_gib": monai and round(monai["peak_rss_gib"], 3),
     }
+    if ours["gpu_peak_gib"] is not None:
+        result["gpu_peak_gib"] = round(ours["gpu_peak_gib"], 3)
+        result["monai_gpu_peak_gib"] = monai and round(monai["gpu_peak_gib"], 3)
     if monai:
         result["wall_vs_monai"] = round(ours["wall_s"] / monai["wall_s"], 3)
         result["rss_vs_monai"] = round(ours["peak_rss_gib"] / monai["peak_rss_gib"], 3)
