@@ -87,12 +87,22 @@ def read_pair(photo_path: str | Path, mask_path: str | Path) -> tuple[np.ndarray
     return photo, read_mask(mask_path, photo.shape[:2])
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename: never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

@@ -1,8 +1,10 @@
+import os
+
 import cv2
 import numpy as np
 import pytest
 
-from crackseg.io import ImageReadError, binarize_mask, read_mask, read_pair, read_photo, write_image
+from crackseg.io import ImageReadError, atomic_write_bytes, binarize_mask, read_mask, read_pair, read_photo, write_image
 
 
 def test_read_photo_returns_rgb_uint8(tmp_path):
@@ -71,3 +73,14 @@ def test_exif_orientation_is_applied(tmp_path):
     photo = read_photo(tmp_path / "r.jpg")
     assert photo.shape == (8, 4, 3)
     assert photo[:3].mean() > 200 and photo[-3:].mean() < 50  # white half now on top
+
+
+def test_atomic_writes_replace_whole_files_with_usual_permissions(tmp_path):
+    target = tmp_path / "out" / "result.json"
+    atomic_write_bytes(target, b"old")
+    atomic_write_bytes(target, b"new")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.read_bytes() == b"new"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert [p.name for p in target.parent.iterdir()] == ["result.json"]  # no temporary file left
