@@ -125,3 +125,19 @@ def test_scales_must_map_onto_whole_pixels():
         scale_factor(1.5)
     with pytest.raises(ValueError, match="multiple"):
         sliding_window(torch.rand(1, 40, 40), lambda t: t, tile=30, scales=[4])
+
+
+def test_full_batches_show_the_model_one_shape_and_change_nothing():
+    image = torch.rand(3, 97, 131) * 255
+    shapes = []
+
+    def predict(tiles):
+        shapes.append(tuple(tiles.shape))
+        return tiles.mean(dim=1, keepdim=True)
+
+    reference = sliding_window(image, predict, tile=32, batch_size=5, scales=[1, 2, 0.5])
+    assert len(set(shapes)) > 1  # the last batch of a scale is short
+    shapes.clear()
+    out = sliding_window(image, predict, tile=32, batch_size=5, scales=[1, 2, 0.5], full_batches=True)
+    assert set(shapes) == {(5, 3, 32, 32)}
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)

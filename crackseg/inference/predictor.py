@@ -97,5 +97,5 @@ class Predictor:
     def __call__(self, photo: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
         image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).to(self.device)
         prob = sliding_window(image, self._predict_tiles, self.tile, self.overlap, self.batch_size,
-                              self.blend, self.scales, progress)
+                              self.blend, self.scales, progress, full_batches=self.device.type == "cuda")
         return prob[0].cpu().numpy()

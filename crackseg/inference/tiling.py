@@ -172,6 +172,7 @@ def sliding_window(
     blend: str = "gaussian",
     scales: Sequence[float] = (1,),
     progress: Callable[[int], None] | None = None,
+    full_batches: bool = False,
 ) -> torch.Tensor:
     """Predict a ``(C, H, W)`` photo tile by tile at each scale and return the per-pixel mean
     over scales of the blended predictions, at source resolution: ``(K, H, W)`` float32.
@@ -183,6 +184,9 @@ def sliding_window(
     one map of the photo's size, whatever the scales.
     Borders and photos smaller than a tile are handled by replicating edge pixels.
     ``progress(n)`` is called after every batch with its number of tiles.
+    ``full_batches`` pads each scale's last batch to ``batch_size`` (outputs of the padding are
+    dropped), so the model sees one input shape: on CUDA every new shape costs a fresh choice
+    of convolution kernels.
     """
     height, width = image.shape[-2:]
     stride = stride_for(tile, overlap)
@@ -195,7 +199,9 @@ def sliding_window(
         for start in range(0, len(positions), batch_size):
             chunk = positions[start : start + batch_size]
             tiles = torch.stack([geometry.tile_input(image, y, x) for y, x in chunk])
-            pred = geometry.to_source(predict(tiles).float())
+            if full_batches and len(chunk) < batch_size:
+                tiles = torch.cat([tiles, tiles[-1:].expand(batch_size - len(chunk), -1, -1, -1)])
+            pred = geometry.to_source(predict(tiles)[: len(chunk)].float())
             if out is None:
                 out = torch.zeros((pred.shape[1], height, width), device=image.device)
             if band is None:

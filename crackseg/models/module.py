@@ -80,7 +80,8 @@ class CrackSegModule(pl.LightningModule):
     def predict_photo(self, image: torch.Tensor) -> torch.Tensor:
         """Crack probability ``(1, H, W)`` of a whole ``(3, H, W)`` photo, by the tiler."""
         hp = self.hparams
-        return sliding_window(image, self.predict_probabilities, hp.val_tile, hp.val_overlap, hp.val_batch_size)
+        return sliding_window(image, self.predict_probabilities, hp.val_tile, hp.val_overlap, hp.val_batch_size,
+                              full_batches=image.device.type == "cuda")
 
     def on_train_start(self) -> None:
         self.val_dice_best.reset()  # forget the sanity check's score
