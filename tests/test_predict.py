@@ -52,6 +52,9 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(CheckpointError, match="not a crackseg checkpoint"):
         load_model(tmp_path / "other.ckpt")
+    torch.save({"state_dict": {}, "hyper_parameters": {"net_config": "_target_: gone.Net"}}, tmp_path / "old.ckpt")
+    with pytest.raises(CheckpointError, match="cannot build the net"):
+        load_model(tmp_path / "old.ckpt")
 
 
 def test_single_scale_prediction_is_the_validation_tiler(checkpoint, tiny_dataset):

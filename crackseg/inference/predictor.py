@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from crackseg.inference.tiling import count_tiles, sliding_window
+from crackseg.io import atomic_write_bytes
 from crackseg.models.module import CrackSegModule
 
 _MODULE_KEYS = ("threshold", "mean", "std", "val_tile", "val_overlap", "val_batch_size", "channels_last")
@@ -22,9 +24,21 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing or was not written by crackseg's training."""
 
 
+def threshold_path(ckpt: str | Path) -> Path:
+    """Where evaluate.py stores the threshold it chose on validation data: beside the checkpoint."""
+    return Path(ckpt).with_suffix(".threshold.json")
+
+
+def write_threshold(ckpt: str | Path, threshold: float, details: dict) -> Path:
+    path = threshold_path(ckpt)
+    atomic_write_bytes(path, json.dumps({"threshold": threshold, **details}, indent=1).encode())
+    return path
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> CrackSegModule:
     """The trained module of a checkpoint, in eval mode on ``device``; the net is rebuilt from
-    the config stored in it, so no training config is needed."""
+    the config stored in it, so no training config is needed. Its threshold is the one
+    evaluate.py chose on validation data when stored beside the checkpoint, else the trained one."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -38,7 +52,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> CrackSeg
     net_config = OmegaConf.create(hparams["net_config"])
     if "encoder_weights" in net_config:
         net_config.encoder_weights = None  # the checkpoint has them all: never download or load twice
-    net = hydra.utils.instantiate(net_config)
+    try:
+        net = hydra.utils.instantiate(net_config)
+    except Exception as err:  # noqa: BLE001 - an unknown class or argument: the checkpoint does not fit this code
+        raise CheckpointError(f"cannot build the net stored in {path}: {err}") from err
     module = CrackSegModule(net=net, loss=nn.Identity(), optimizer=None,
                             **{k: hparams[k] for k in _MODULE_KEYS if k in hparams})
     weights = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
@@ -49,6 +66,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> CrackSeg
     missing = [k for k in module.state_dict() if k.startswith("net.") and k not in weights]
     if missing:
         raise CheckpointError(f"checkpoint lacks {len(missing)} weights of its net, e.g. {missing[0]}: {path}")
+    chosen = threshold_path(path)
+    if chosen.is_file():
+        try:
+            module.hparams.threshold = float(json.loads(chosen.read_text())["threshold"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"unreadable threshold file {chosen}: {err}") from err
     return module.eval().to(device)
 
 
@@ -75,7 +98,7 @@ class Predictor:
         if precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
         self.model = model
-        self.device = next(model.parameters()).device
+        self.device = model.device
         self.scales, self.tile, self.overlap = list(scales), tile, overlap
         self.batch_size, self.blend, self.precision = batch_size, blend, precision
 

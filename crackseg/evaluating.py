@@ -1,0 +1,144 @@
+"""Evaluation of a checkpoint on a dataset split: the body of ``evaluate.py``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from crackseg.data import synthetic
+from crackseg.data.folder import Pair, find_splits, match_pairs
+from crackseg.evaluation import metrics
+from crackseg.inference.predictor import Predictor, load_model, resolve_device, write_threshold
+from crackseg.io import atomic_write_bytes, read_mask, read_pair
+
+log = logging.getLogger(__name__)
+
+PHOTO_FIELDS = ["photo", "width", "height", "crack_px", "pred_px", "dice", "iou", "precision", "recall",
+                "f1_tol", "best_threshold", "best_f1", "distractor_fp_px", "seconds"]
+
+
+def split_pairs(data: DictConfig, split: str) -> list[Pair]:
+    """The ``(photo, mask)`` pairs of ``split`` exactly as training saw them: the data config's
+    train/val splits (carved out of train when there is no val folder) or any other folder."""
+    if data.get("synthetic"):
+        synthetic.ensure(data.root, **data.synthetic)
+    root = Path(data.root)
+    if split in (data.train_split, data.val_split):
+        train, val = find_splits(root, data.train_split, data.val_split, data.val_fraction, data.split_seed)
+        return val if split == data.val_split else train
+    return match_pairs(root / "images" / split, root / "masks" / split)
+
+
+def distractor_mask(photo: Path, shape: tuple[int, int], margin: int = 2) -> np.ndarray | None:
+    """Joints and borders labelled background (``<root>/distractors/<split>/<stem>.png``, as the
+    synthetic generator writes them), widened by ``margin`` px; None when the file is absent."""
+    path = photo.parents[2] / "distractors" / photo.parent.name / f"{photo.stem}.png"
+    if not path.is_file():
+        return None
+    mask = read_mask(path, shape).astype(np.uint8)
+    return cv2.dilate(mask, np.ones((2 * margin + 1,) * 2, np.uint8)) > 0
+
+
+def _plot_pr_curve(path: Path, precision: np.ndarray, recall: np.ndarray, ods_point: tuple[float, float], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    ax.plot(recall, precision, lw=2)
+    ax.plot(*ods_point, "o", color="red", label="ODS")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Predict every photo of the split, stream the metrics, write the reports into
+    ``cfg.output``; returns the pooled results."""
+    pairs = split_pairs(cfg.data, cfg.data.split)
+    if not pairs:
+        raise FileNotFoundError(f"no photos in split {cfg.data.split!r} of {cfg.data.root}")
+    device = resolve_device(cfg.device)
+    model = load_model(cfg.ckpt, device)
+    threshold = float(cfg.threshold if cfg.threshold is not None else model.hparams.threshold)
+    predictor = Predictor(model, cfg.scales, cfg.tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision)
+    output = Path(cfg.output)
+    log.info("%d photo(s) of %s/%s on %s, scales %s, threshold %.3f", len(pairs), cfg.data.root, cfg.data.split,
+             device, list(cfg.scales), threshold)
+
+    exact, tolerant, histograms, rows = metrics.Counts(), metrics.ToleranceCounts(), [], []
+    distractor_fp, distractor_mp = 0, 0.0
+    for photo_path, mask_path in tqdm(pairs, desc="photos", unit="photo"):
+        started = time.perf_counter()
+        photo, truth = read_pair(photo_path, mask_path)
+        truth = truth.astype(bool)
+        prob = predictor(photo)
+        pred = prob >= threshold
+        counts = metrics.confusion(pred, truth)
+        tol = metrics.tolerance_counts(pred, truth, cfg.tolerance)
+        hist = metrics.level_histograms(prob, truth)
+        best_f1, (best_threshold,) = metrics.ois([hist])
+        exact, tolerant = exact + counts, tolerant + tol
+        histograms.append(hist)
+        row = {"photo": str(photo_path), "width": photo.shape[1], "height": photo.shape[0],
+               "crack_px": counts.tp + counts.fn, "pred_px": counts.tp + counts.fp, "dice": counts.dice,
+               "iou": counts.iou, "precision": counts.precision, "recall": counts.recall, "f1_tol": tol.f1,
+               "best_threshold": best_threshold, "best_f1": best_f1}
+        joints = distractor_mask(photo_path, truth.shape)
+        if joints is not None:
+            row["distractor_fp_px"] = int(np.count_nonzero(pred & joints & ~truth))
+            distractor_fp += row["distractor_fp_px"]
+            distractor_mp += truth.size / 1e6
+        row["seconds"] = round(time.perf_counter() - started, 2)
+        rows.append(row)
+        del prob, pred
+
+    ods_f1, ods_threshold, _ = metrics.ods(histograms)
+    ois_f1, _ = metrics.ois(histograms)
+    precision_curve, recall_curve = metrics.precision_recall_curve(histograms)
+    result = {
+        "dice": exact.dice, "iou": exact.iou, "precision": exact.precision, "recall": exact.recall,
+        f"f1_{cfg.tolerance:g}px": tolerant.f1, f"precision_{cfg.tolerance:g}px": tolerant.precision,
+        f"recall_{cfg.tolerance:g}px": tolerant.recall, "ods": ods_f1, "ods_threshold": ods_threshold,
+        "ois": ois_f1, "threshold": threshold, "photos": len(rows),
+        "split": f"{cfg.data.root}:{cfg.data.split}", "scales": list(cfg.scales), "ckpt": str(cfg.ckpt),
+    }
+    if distractor_mp:
+        result["distractor_fp_px_per_mp"] = distractor_fp / distractor_mp
+    result = {k: round(v, 4) if isinstance(v, float) and "threshold" not in k else v for k, v in result.items()}
+
+    settings = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k]
+                for k in ("tile", "overlap", "blend", "batch_size", "tolerance", "device", "precision")}
+    report = {**result, "settings": settings,
+              "pr_curve": {"threshold": metrics.THRESHOLDS.tolist(), "precision": precision_curve.tolist(),
+                           "recall": recall_curve.tolist()},
+              "per_photo": rows}
+    atomic_write_bytes(output / "report.json", json.dumps(report, indent=1).encode())
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=PHOTO_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+    atomic_write_bytes(output / "per_photo.csv", buffer.getvalue().encode())
+    ods_index = int(round(ods_threshold * metrics.LEVELS))
+    _plot_pr_curve(output / "pr_curve.png", precision_curve, recall_curve,
+                   (recall_curve[ods_index], precision_curve[ods_index]), f"{Path(cfg.data.root).name} {cfg.data.split}")
+    if cfg.save_threshold and cfg.data.split == cfg.data.val_split:
+        path = write_threshold(cfg.ckpt, ods_threshold, {"ods": result["ods"], "split": result["split"],
+                                                          "scales": result["scales"], "photos": len(rows)})
+        log.info("stored the ODS threshold %.4f for predict.py and later evaluations: %s", ods_threshold, path)
+    log.info("report: %s", output / "report.json")
+    return result

@@ -1,0 +1,158 @@
+"""Crack segmentation metrics from streamed counts: exact, tolerance and threshold-swept.
+
+Conventions (also in the README): a pixel is predicted crack when ``prob >= threshold``.
+Ratios whose denominator is zero count as perfect (1.0) when nothing was missed: precision
+with no predicted pixel, recall with no crack pixel, Dice/IoU/F1 with both empty.
+
+Threshold sweeps use 256 probability levels (``level = floor(prob * 256)``): the counts at
+every threshold ``k / 256`` are exact and come from two histograms per photo, so a dataset is
+swept without holding any probability map. Hand-written rather than torchmetrics' binned PR
+curve, which compares every pixel with every threshold (T x N work for a 24-megapixel photo).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+LEVELS = 256
+THRESHOLDS = np.arange(LEVELS) / LEVELS  # sweep: predicted crack iff level >= k, i.e. prob >= k / 256
+
+
+def _ratio(num: float, den: float, empty: float = 1.0) -> float:
+    return float(num / den) if den else empty
+
+
+def f1(precision: float, recall: float) -> float:
+    return _ratio(2 * precision * recall, precision + recall, empty=0.0)
+
+
+@dataclass
+class Counts:
+    """Pixel counts of the crack class."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
+
+    @property
+    def precision(self) -> float:
+        return _ratio(self.tp, self.tp + self.fp, empty=1.0 if self.fn == 0 else 0.0)
+
+    @property
+    def recall(self) -> float:
+        return _ratio(self.tp, self.tp + self.fn)
+
+    @property
+    def dice(self) -> float:
+        """Sørensen–Dice = pixel F1 at 0 px tolerance."""
+        return _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn)
+
+    @property
+    def iou(self) -> float:
+        return _ratio(self.tp, self.tp + self.fp + self.fn)
+
+
+def confusion(pred: np.ndarray, truth: np.ndarray) -> Counts:
+    """Exact pixel counts of two boolean masks of the same shape."""
+    tp = int(np.count_nonzero(pred & truth))
+    return Counts(tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(truth)) - tp)
+
+
+@dataclass
+class ToleranceCounts:
+    """Relaxed matching within ``tolerance`` px (Euclidean): a predicted pixel is correct when a
+    crack pixel lies within the tolerance, a crack pixel is found when a predicted pixel does.
+    Many-to-one matches are allowed (no one-to-one assignment)."""
+
+    matched_pred: int = 0
+    pred: int = 0
+    matched_truth: int = 0
+    truth: int = 0
+
+    def __add__(self, other: ToleranceCounts) -> ToleranceCounts:
+        return ToleranceCounts(self.matched_pred + other.matched_pred, self.pred + other.pred,
+                               self.matched_truth + other.matched_truth, self.truth + other.truth)
+
+    @property
+    def precision(self) -> float:
+        return _ratio(self.matched_pred, self.pred, empty=1.0 if self.truth == 0 else 0.0)
+
+    @property
+    def recall(self) -> float:
+        return _ratio(self.matched_truth, self.truth)
+
+    @property
+    def f1(self) -> float:
+        if self.pred == 0 and self.truth == 0:
+            return 1.0
+        return f1(self.precision, self.recall)
+
+
+def _within(mask: np.ndarray, tolerance: float) -> np.ndarray:
+    """Pixels at Euclidean distance <= ``tolerance`` from a pixel of ``mask``."""
+    if tolerance <= 0 or not mask.any():
+        return mask.copy()
+    distance = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return distance <= tolerance
+
+
+def tolerance_counts(pred: np.ndarray, truth: np.ndarray, tolerance: float) -> ToleranceCounts:
+    return ToleranceCounts(
+        int(np.count_nonzero(pred & _within(truth, tolerance))), int(np.count_nonzero(pred)),
+        int(np.count_nonzero(truth & _within(pred, tolerance))), int(np.count_nonzero(truth)),
+    )
+
+
+def level_histograms(prob: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """``(2, LEVELS)`` counts of probability levels over crack pixels (row 0) and background (row 1)."""
+    levels = np.minimum(prob * LEVELS, LEVELS - 1).astype(np.uint8)
+    return np.stack([np.bincount(levels[truth], minlength=LEVELS), np.bincount(levels[~truth], minlength=LEVELS)])
+
+
+def sweep(histograms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(tp, fp, fn)`` at every threshold of ``THRESHOLDS`` from ``level_histograms``."""
+    crack, background = histograms.astype(np.int64)
+    tp = np.cumsum(crack[::-1])[::-1]
+    fp = np.cumsum(background[::-1])[::-1]
+    return tp, fp, crack.sum() - tp
+
+
+def sweep_f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """Pixel F1 per threshold; 1.0 where truth and prediction are both empty."""
+    den = 2 * tp + fp + fn
+    return np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0)
+
+
+def ods(histograms: list[np.ndarray]) -> tuple[float, float, Counts]:
+    """Optimal dataset scale: the one threshold whose counts, pooled over every photo, give the
+    best F1. Returns ``(f1, threshold, pooled counts)``."""
+    tp, fp, fn = sweep(np.sum(histograms, axis=0))
+    best = int(np.argmax(sweep_f1(tp, fp, fn)))
+    counts = Counts(int(tp[best]), int(fp[best]), int(fn[best]))
+    return counts.dice, float(THRESHOLDS[best]), counts
+
+
+def ois(histograms: list[np.ndarray]) -> tuple[float, list[float]]:
+    """Optimal image scale: each photo at its own best-F1 threshold, then the counts of all
+    photos at those thresholds pooled into one F1. Returns ``(f1, per-photo thresholds)``."""
+    pooled, thresholds = Counts(), []
+    for hist in histograms:
+        tp, fp, fn = sweep(hist)
+        best = int(np.argmax(sweep_f1(tp, fp, fn)))
+        pooled += Counts(int(tp[best]), int(fp[best]), int(fn[best]))
+        thresholds.append(float(THRESHOLDS[best]))
+    return pooled.dice, thresholds
+
+
+def precision_recall_curve(histograms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled precision and recall at every threshold of ``THRESHOLDS``."""
+    tp, fp, fn = sweep(np.sum(histograms, axis=0))
+    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
+    recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 1.0)
+    return precision, recall

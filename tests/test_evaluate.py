@@ -1,0 +1,114 @@
+"""evaluate.py end to end with a model whose predictions are known exactly."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from torch import nn
+
+from crackseg.evaluating import evaluate
+from crackseg.evaluation import metrics
+from crackseg.inference.predictor import load_model, threshold_path
+from crackseg.io import write_image
+from tests.conftest import ROOT
+
+
+class RedIsCrack(nn.Module):
+    """Crack probability ~1 where the red channel is high, ~0 elsewhere (input in [0, 1])."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x[:, :1] - 0.5) * 100
+
+
+@pytest.fixture(scope="module")
+def red_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "red.ckpt"
+    net_config = OmegaConf.to_yaml({"_target_": "tests.test_evaluate.RedIsCrack"})
+    torch.save({"state_dict": {}, "hyper_parameters": {"net_config": net_config, "mean": [0, 0, 0], "std": [1, 1, 1],
+                                                         "threshold": 0.5, "channels_last": False}}, path)
+    return path
+
+
+def _photo_and_mask(rng, shape=(70, 90)):
+    """A photo whose red pixels are the model's predictions and a mask that differs from them."""
+    pred = np.zeros(shape, bool)
+    truth = np.zeros(shape, bool)
+    x = int(rng.integers(10, 80))
+    truth[:, x : x + 3] = True
+    pred[:, x + 1 : x + 4] = True  # one column off
+    pred[int(rng.integers(0, 60)), : int(rng.integers(1, 30))] = True  # a false line
+    photo = np.full((*shape, 3), 60, np.uint8)
+    photo[..., 0] = np.where(pred, 255, 0)
+    return photo, truth, pred
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    expected = {}
+    for split, n in (("train", 2), ("val", 2), ("test", 3)):
+        for i in range(n):
+            photo, truth, pred = _photo_and_mask(rng)
+            write_image(root / "images" / split / f"{split}{i}.png", photo)
+            write_image(root / "masks" / split / f"{split}{i}.png", truth.astype(np.uint8) * 255)
+            expected.setdefault(split, []).append((truth, pred))
+    (root / "distractors" / "test").mkdir(parents=True)
+    joint = np.zeros((70, 90), np.uint8)
+    joint[:, :5] = 255  # a border strip the false lines cross
+    write_image(root / "distractors" / "test" / "test0.png", joint)
+    return root, expected
+
+
+def _cfg(ckpt, root, out, *overrides):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("evaluate", overrides=[f"ckpt={ckpt}", "data=folder", f"data.root={root}", f"output={out}",
+                                              "tile=32", "scales=[1]", *overrides])
+
+
+def test_metrics_equal_the_counts_of_the_known_predictions(red_checkpoint, dataset, tmp_path):
+    root, expected = dataset
+    result = evaluate(_cfg(red_checkpoint, root, tmp_path, "data.split=test", "save_threshold=false"))
+    exact = sum((metrics.confusion(p, t) for t, p in expected["test"]), metrics.Counts())
+    tolerant = sum((metrics.tolerance_counts(p, t, 2) for t, p in expected["test"]), metrics.ToleranceCounts())
+    assert result["photos"] == 3
+    assert result["dice"] == pytest.approx(exact.dice, abs=1e-4) and result["iou"] == pytest.approx(exact.iou, abs=1e-4)
+    assert result["f1_2px"] == pytest.approx(tolerant.f1, abs=1e-4) and result["f1_2px"] > result["dice"]
+    assert result["ods"] >= result["dice"] - 1e-4 and result["ois"] >= result["ods"] - 1e-4
+    first_truth, first_pred = expected["test"][0]
+    assert result["distractor_fp_px_per_mp"] > 0  # the first photo's false line crosses its border strip
+    rows = list(csv.DictReader((tmp_path / "per_photo.csv").open()))
+    assert [r["photo"].split("/")[-1] for r in rows] == ["test0.png", "test1.png", "test2.png"]
+    assert float(rows[0]["dice"]) == pytest.approx(metrics.confusion(first_pred, first_truth).dice, abs=1e-4)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert len(report["pr_curve"]["precision"]) == metrics.LEVELS and (tmp_path / "pr_curve.png").stat().st_size > 0
+    assert not threshold_path(red_checkpoint).exists()
+
+
+def test_val_evaluation_stores_the_ods_threshold_for_prediction(red_checkpoint, dataset, tmp_path):
+    root, _ = dataset
+    result = evaluate(_cfg(red_checkpoint, root, tmp_path, "data.split=val"))
+    stored = json.loads(threshold_path(red_checkpoint).read_text())
+    assert stored["threshold"] == result["ods_threshold"] and stored["photos"] == 2
+    assert load_model(red_checkpoint).hparams.threshold == stored["threshold"]
+    threshold_path(red_checkpoint).unlink()
+
+
+def test_command_prints_the_result_as_its_last_line_and_fails_clearly(red_checkpoint, dataset, tmp_path):
+    root, _ = dataset
+    args = [sys.executable, str(ROOT / "evaluate.py"), f"ckpt={red_checkpoint}", "data=folder", f"data.root={root}",
+            "data.split=test", "tile=32", "save_threshold=false", f"hydra.run.dir={tmp_path / 'run'}"]
+    done = subprocess.run(args, capture_output=True, text=True, check=True, cwd=ROOT)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {"dice", "iou", "precision", "recall", "f1_2px", "ods", "ois", "threshold", "photos"} <= result.keys()
+    assert result["scales"] == [1, 2, 0.5] and (tmp_path / "run" / "report.json").is_file()
+    missing = subprocess.run(args[:2] + [f"ckpt={tmp_path / 'none.ckpt'}"] + args[3:], capture_output=True, text=True, cwd=ROOT)
+    assert missing.returncode != 0 and "none.ckpt" in missing.stderr
+    no_split = subprocess.run(args[:5] + ["data.split=nope"] + args[6:], capture_output=True, text=True, cwd=ROOT)
+    assert no_split.returncode != 0 and "nope" in no_split.stderr
