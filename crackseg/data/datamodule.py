@@ -75,11 +75,11 @@ class CrackDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        sampler = BalancedTileSampler(self.train_index.crack, hp.tiles_per_epoch, hp.crack_fraction, hp.sampler_seed)
+        self.sampler = BalancedTileSampler(self.train_index.crack, hp.tiles_per_epoch, hp.crack_fraction, hp.sampler_seed)
         return DataLoader(
             TileDataset(self.train_pairs, self.train_index, self.augment),
             batch_size=hp.batch_size,
-            sampler=sampler,
+            sampler=self.sampler,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
             drop_last=True,

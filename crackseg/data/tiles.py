@@ -48,6 +48,7 @@ class BalancedTileSampler(Sampler[int]):
     Fresh tiles every epoch (seeded by ``seed`` and the epoch, which Lightning sets); a class
     is drawn without replacement while it has enough tiles, with replacement otherwise.
     Without crack tiles (or background tiles) the other class fills the epoch.
+    ``set_hard_negatives`` makes a share of the background draws come from given tiles.
     """
 
     def __init__(self, crack: np.ndarray, num_samples: int, crack_fraction: float = 0.5, seed: int = 0):
@@ -61,6 +62,15 @@ class BalancedTileSampler(Sampler[int]):
         self.crack_fraction = crack_fraction
         self.seed = seed
         self.epoch = 0
+        self.hard_ids = torch.empty(0, dtype=torch.long)
+        self.hard_fraction = 0.0
+
+    def set_hard_negatives(self, ids: Sequence[int], fraction: float) -> None:
+        """Draw ``fraction`` of each epoch's background tiles from ``ids`` (hard negatives)."""
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"hard-negative fraction must be in [0, 1], got {fraction}")
+        self.hard_ids = torch.as_tensor(list(ids), dtype=torch.long)
+        self.hard_fraction = fraction if len(self.hard_ids) else 0.0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -81,9 +91,12 @@ class BalancedTileSampler(Sampler[int]):
             n_crack = 0
         elif len(self.background_ids) == 0:
             n_crack = self.num_samples
+        n_background = self.num_samples - n_crack
+        n_hard = int(round(n_background * self.hard_fraction))
         chosen = torch.cat([
             self._draw(self.crack_ids, n_crack, generator),
-            self._draw(self.background_ids, self.num_samples - n_crack, generator),
+            self._draw(self.hard_ids, n_hard, generator),
+            self._draw(self.background_ids, n_background - n_hard, generator),
         ])
         return iter(chosen[torch.randperm(len(chosen), generator=generator)].tolist())
 
@@ -112,7 +125,8 @@ class _PhotoArrays:
 
 
 class TileDataset(Dataset):
-    """Tile ``i`` of the index, augmented: ``{"image": uint8 (3, t, t), "mask": float (1, t, t)}``."""
+    """Tile ``i`` of the index, augmented: ``{"image": uint8 (3, t, t), "mask": float (1, t, t),
+    "tile": i}``."""
 
     def __init__(self, pairs: Sequence[CachedPair], index: TileIndex, transform: Callable | None = None):
         self.arrays = _PhotoArrays(pairs)
@@ -134,7 +148,7 @@ class TileDataset(Dataset):
         if self.transform is not None:
             out = self.transform(image=np.ascontiguousarray(image), mask=np.ascontiguousarray(mask))
             image, mask = out["image"], out["mask"]
-        return _to_tensors(image, mask)
+        return {**_to_tensors(image, mask), "tile": i}
 
 
 class PhotoDataset(Dataset):

@@ -86,14 +86,17 @@ class CrackSegModule(pl.LightningModule):
     def on_train_start(self) -> None:
         self.val_dice_best.reset()  # forget the sanity check's score
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The loss, and per tile the background pixels taken for crack (for hard-negative mining)."""
         logits = self(batch["image"])
         loss = self.loss(logits, batch["mask"])
+        probs = torch.sigmoid(logits.detach())
         self.train_loss(loss)
-        self.train_metrics(torch.sigmoid(logits.detach()), batch["mask"].long())
+        self.train_metrics(probs, batch["mask"].long())
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
-        return loss
+        false_crack = (probs >= self.hparams.threshold) & (batch["mask"] < 0.5)
+        return {"loss": loss, "false_crack_px": false_crack.flatten(1).sum(1)}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         mask = batch["mask"][0]

@@ -1,0 +1,41 @@
+"""Online hard-negative mining: background tiles the model takes for cracks are drawn more often."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+
+
+class HardNegativeMining(pl.Callback):
+    """Remembers, for every background tile trained on, how many of its pixels the model took
+    for crack (``training_step`` reports them; no extra forward pass), and before each epoch
+    makes the sampler draw ``fraction`` of its background tiles from the ``pool`` worst of
+    them (at least ``min_pixels`` false crack pixels). Joints, borders and stains that look
+    like cracks are the tiles that end up there."""
+
+    def __init__(self, fraction: float = 0.5, pool: int = 512, min_pixels: int = 16):
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+        self.fraction, self.pool, self.min_pixels = fraction, pool, min_pixels
+        self.false_crack_px: dict[int, int] = {}
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: dict,
+                           batch_idx: int) -> None:
+        is_crack_tile = trainer.datamodule.train_index.crack
+        for tile, pixels in zip(batch["tile"].tolist(), outputs["false_crack_px"].tolist()):
+            if not is_crack_tile[tile]:
+                self.false_crack_px[tile] = pixels  # the latest view: a tile the model has learnt drops out
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        hard = sorted((t for t, px in self.false_crack_px.items() if px >= self.min_pixels),
+                      key=self.false_crack_px.get, reverse=True)[: self.pool]
+        trainer.datamodule.sampler.set_hard_negatives(hard, self.fraction)
+        pl_module.log("train/hard_negatives", float(len(hard)))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"false_crack_px": self.false_crack_px}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.false_crack_px = dict(state_dict["false_crack_px"])
+
