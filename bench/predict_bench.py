@@ -6,7 +6,7 @@
 
 Routes, each in its own process so that its peak RSS is its own:
 - crackseg: ``Predictor`` (tiles resampled from the source, accumulated at source resolution);
-- model-only: a batched forward of as many random tiles of the same shape (the floor);
+- model-only: a forward of as many random tiles of the same shape in full batches (the floor);
 - monai: the plain route a user would otherwise take: per scale, resize the whole photo, MONAI
   ``sliding_window_inference`` (gaussian, same tile/overlap/batch) with the model in PyTorch's
   default NCHW layout, resize back, average (``pip install monai``).
@@ -105,8 +105,8 @@ def route_model_only(args) -> dict:
     with torch.no_grad():
         predict_tiles(batch)  # warm-up
         started = _sync(device)
-        for start in range(0, args.tiles, args.batch_size):
-            predict_tiles(batch[: min(args.batch_size, args.tiles - start)])
+        for _ in range(0, args.tiles, args.batch_size):  # full batches, as the tiler feeds a GPU
+            predict_tiles(batch)
         wall = _sync(device) - started
     return {"wall_s": wall}
 
