@@ -2,7 +2,7 @@
 
     python bench/predict_bench.py [--size 4000x3000] [--model unet] [--scales 1 2 0.5]
                                   [--tile 256] [--overlap 0.25] [--batch-size 8]
-                                  [--skip model_only monai] [--device auto] [--precision fp32]
+                                  [--skip model_only monai] [--device auto] [--precision fp32] [--compile]
 
 Routes, each in its own process so that its peak RSS is its own:
 - crackseg: ``Predictor`` (tiles resampled from the source, accumulated at source resolution);
@@ -11,8 +11,9 @@ Routes, each in its own process so that its peak RSS is its own:
   ``sliding_window_inference`` (gaussian, same tile/overlap/batch) with the model in PyTorch's
   default NCHW layout, resize back, average (``pip install monai``).
 The model is the composed ``conf/model/<model>.yaml`` with random weights: speed does not
-depend on them. On a GPU (``--device cuda``) each route's peak GPU memory is reported too. The
-LAST line printed is one JSON object.
+depend on them. On a GPU (``--device cuda``) each route's peak GPU memory is reported too. With
+``--compile`` the crackseg and model-only routes run the torch.compile'd model; the one-time
+compilation is reported apart (``warm_up_s``). The LAST line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -82,15 +83,17 @@ def route_crackseg(args) -> dict:
     device = _device(args.device)
     photo = read_photo(args.photo)
     predictor = Predictor(_model(args.model).to(device), args.scales, args.tile, args.overlap, args.batch_size,
-                          precision=args.precision)
-    if device.type == "cuda":
-        predictor(photo[: args.tile, : args.tile])  # warm-up: CUDA context, cuDNN algorithm choice
+                          precision=args.precision, compile=args.compile)
+    started = _sync(device)
+    if device.type == "cuda" or args.compile:
+        predictor(photo[: args.tile, : args.tile])  # warm-up: CUDA context and kernel choice, or compilation
+    warm_up = _sync(device) - started
     started = _sync(device)
     prob = predictor(photo)
     wall = _sync(device) - started
     tiles = predictor.tiles_for(*photo.shape[:2])
     del prob
-    return {"wall_s": wall, "tiles": tiles, "peak_rss_gib": _peak_rss_gib(), "threads": torch.get_num_threads(),
+    return {"wall_s": wall, "warm_up_s": warm_up, "tiles": tiles, "peak_rss_gib": _peak_rss_gib(), "threads": torch.get_num_threads(),
             "gpu_peak_gib": _gpu_peak_gib(device), "device": str(device)}
 
 
@@ -100,7 +103,8 @@ def route_model_only(args) -> dict:
     from crackseg.inference.predictor import Predictor
 
     device = _device(args.device)
-    predict_tiles = Predictor(_model(args.model).to(device), precision=args.precision)._predict_tiles
+    predict_tiles = Predictor(_model(args.model).to(device), precision=args.precision,
+                              compile=args.compile)._predict_tiles
     batch = torch.randint(0, 256, (args.batch_size, 3, args.tile, args.tile), dtype=torch.uint8, device=device).float()
     with torch.no_grad():
         predict_tiles(batch)  # warm-up
@@ -146,7 +150,7 @@ ROUTES = {"crackseg": route_crackseg, "model_only": route_model_only, "monai": r
 def _run_route(route: str, args, extra: list[str]) -> dict:
     command = [sys.executable, __file__, "--route", route, "--photo", str(args.photo), "--model", args.model,
                "--tile", str(args.tile), "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
-               "--device", args.device, "--precision", args.precision,
+               "--device", args.device, "--precision", args.precision, *(["--compile"] if args.compile else []),
                "--scales", *map(str, args.scales), *extra]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -164,6 +168,7 @@ def main() -> None:
                         help="leave routes out (e.g. for a memory-only run at full scale)")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile the crackseg route (warm-up reported apart)")
     parser.add_argument("--route", choices=ROUTES, help=argparse.SUPPRESS)
     parser.add_argument("--photo", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tiles", type=int, help=argparse.SUPPRESS)
@@ -188,11 +193,13 @@ def main() -> None:
         "size": f"{width}x{height}",
         "device": ours["device"],
         "precision": args.precision,
+        "compile": args.compile,
         "scales": args.scales,
         "model": args.model,
         "tiles": ours["tiles"],
         "torch_threads": ours["threads"],
         "wall_s": round(ours["wall_s"], 2),
+        "warm_up_s": round(ours["warm_up_s"], 2),
         "model_only_s": floor and round(floor["wall_s"], 2),
         "overhead_ratio": floor and round(ours["wall_s"] / floor["wall_s"], 3),
         "source_mp_per_s": round(width * height / 1e6 / ours["wall_s"], 3),

@@ -75,7 +75,7 @@ def evaluate(cfg: DictConfig) -> dict:
     device = resolve_device(cfg.device)
     model = load_model(cfg.ckpt, device)
     threshold = float(cfg.threshold if cfg.threshold is not None else model.hparams.threshold)
-    predictor = Predictor(model, cfg.scales, cfg.tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision)
+    predictor = Predictor(model, cfg.scales, cfg.tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision, cfg.compile)
     output = Path(cfg.output)
     log.info("%d photo(s) of %s/%s on %s, scales %s, threshold %.3f", len(pairs), cfg.data.root, cfg.data.split,
              device, list(cfg.scales), threshold)
@@ -122,7 +122,7 @@ def evaluate(cfg: DictConfig) -> dict:
     result = {k: round(v, 4) if isinstance(v, float) and "threshold" not in k else v for k, v in result.items()}
 
     settings = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k]
-                for k in ("tile", "overlap", "blend", "batch_size", "tolerance", "device", "precision")}
+                for k in ("tile", "overlap", "blend", "batch_size", "tolerance", "device", "precision", "compile")}
     report = {**result, "settings": settings,
               "pr_curve": {"threshold": metrics.THRESHOLDS.tolist(), "precision": precision_curve.tolist(),
                            "recall": recall_curve.tolist()},
