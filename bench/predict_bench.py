@@ -11,7 +11,8 @@ Routes, each in its own process so that its peak RSS is its own:
   ``sliding_window_inference`` (gaussian, same tile/overlap/batch) with the model in PyTorch's
   default NCHW layout, resize back, average (``pip install monai``).
 The model is the composed ``conf/model/<model>.yaml`` with random weights: speed does not
-depend on them. On a GPU (``--device cuda``) each route's peak GPU memory is reported too. With
+depend on them. ``working_set_gib`` is the peak RSS above the RSS once the model is built (the
+torch + model baseline both routes share). On a GPU (``--device cuda``) each route's peak GPU memory is reported too. With
 ``--compile`` the crackseg and model-only routes run the torch.compile'd model; the one-time
 compilation is reported apart (``warm_up_s``). The LAST line printed is one JSON object.
 """
@@ -32,13 +33,22 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 sys.path.insert(0, str(ROOT))
 
 
+def _status_gib(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 2**20  # KiB
+    raise RuntimeError(f"no {key} in /proc/self/status (Linux only)")
+
+
 def _peak_rss_gib() -> float:
     """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: the latter survives execve, so
     a route started by a parent that rendered a large photo would report the parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20  # KiB
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+    return _status_gib("VmHWM")
+
+
+def _rss_gib() -> float:
+    """Current RSS: taken once the model is built, the baseline both routes share."""
+    return _status_gib("VmRSS")
 
 
 def _device(name: str):
@@ -84,6 +94,7 @@ def route_crackseg(args) -> dict:
     photo = read_photo(args.photo)
     predictor = Predictor(_model(args.model).to(device), args.scales, args.tile, args.overlap, args.batch_size,
                           precision=args.precision, compile=args.compile)
+    baseline = _rss_gib()
     started = _sync(device)
     if device.type == "cuda" or args.compile:
         predictor(photo[: args.tile, : args.tile])  # warm-up: CUDA context and kernel choice, or compilation
@@ -93,7 +104,8 @@ def route_crackseg(args) -> dict:
     wall = _sync(device) - started
     tiles = predictor.tiles_for(*photo.shape[:2])
     del prob
-    return {"wall_s": wall, "warm_up_s": warm_up, "tiles": tiles, "peak_rss_gib": _peak_rss_gib(), "threads": torch.get_num_threads(),
+    return {"wall_s": wall, "warm_up_s": warm_up, "tiles": tiles, "peak_rss_gib": _peak_rss_gib(),
+            "baseline_rss_gib": baseline, "threads": torch.get_num_threads(),
             "gpu_peak_gib": _gpu_peak_gib(device), "device": str(device)}
 
 
@@ -126,6 +138,7 @@ def route_monai(args) -> dict:
     device = _device(args.device)
     photo = read_photo(args.photo)
     model = _model(args.model, channels_last=False).to(device)  # PyTorch's default layout, as a user runs it
+    baseline = _rss_gib()
     height, width = photo.shape[:2]
     started = _sync(device)
     mean = np.zeros((height, width), np.float32)
@@ -141,7 +154,8 @@ def route_monai(args) -> dict:
         mean += cv2.resize(prob[0, 0].cpu().numpy(), (width, height), interpolation=cv2.INTER_LINEAR)
         del prob
     mean /= len(args.scales)
-    return {"wall_s": _sync(device) - started, "peak_rss_gib": _peak_rss_gib(), "gpu_peak_gib": _gpu_peak_gib(device)}
+    return {"wall_s": _sync(device) - started, "peak_rss_gib": _peak_rss_gib(), "baseline_rss_gib": baseline,
+            "gpu_peak_gib": _gpu_peak_gib(device)}
 
 
 ROUTES = {"crackseg": route_crackseg, "model_only": route_model_only, "monai": route_monai}
@@ -210,9 +224,12 @@ def main() -> None:
     if ours["gpu_peak_gib"] is not None:
         result["gpu_peak_gib"] = round(ours["gpu_peak_gib"], 3)
         result["monai_gpu_peak_gib"] = monai and round(monai["gpu_peak_gib"], 3)
+    result["working_set_gib"] = round(ours["peak_rss_gib"] - ours["baseline_rss_gib"], 3)
     if monai:
+        result["monai_working_set_gib"] = round(monai["peak_rss_gib"] - monai["baseline_rss_gib"], 3)
         result["wall_vs_monai"] = round(ours["wall_s"] / monai["wall_s"], 3)
         result["rss_vs_monai"] = round(ours["peak_rss_gib"] / monai["peak_rss_gib"], 3)
+        result["working_set_vs_monai"] = round(result["working_set_gib"] / result["monai_working_set_gib"], 3)
     print(json.dumps(result))
 
 
