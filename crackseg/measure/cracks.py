@@ -3,17 +3,17 @@
 A crack is a connected component (8-connected) of the mask, so a branched crack or a network is
 one crack. Each is measured on its own bounding-box crop:
 
-- skeleton: scikit-image ``skeletonize``; holes up to ``SMALL_HOLE_PX`` are filled first
-  (segmentation noise, not cells of a network); spurs are pruned: end branches whose tip sticks
-  out of the crack by less than 1.5 times its width at their junction (bumps of the outline);
+- skeleton: scikit-image ``skeletonize``; holes whose outline encloses at most ``SMALL_HOLE_PX``
+  square px are filled first (segmentation noise, not cells of a network); spurs are pruned: end
+  branches whose tip sticks out of the crack by less than 1.5 times its width at their junction
+  (bumps of the outline);
 - length: the centre line of every branch, simplified to ``SIMPLIFY_PX`` (Douglas-Peucker: the
   pixel staircase of a 30 degree line would add 7 %), plus, at each free end, the distance
   straight on to the crack's outline (the skeleton stops about a half-width short of the tip);
-- width: ``2 x distance - 0.5`` px at every skeleton pixel, from OpenCV's exact Euclidean distance
-  transform (distance to the nearest background pixel). The width lies between 2 x distance - 1
-  and 2 x distance depending on where the true centre line falls in the skeleton pixel; the
-  midpoint errs by at most half a pixel. Pixels inside a junction's inscribed circle are left
-  out of the profile (a junction is wider than the cracks that meet there);
+- width: 2 x the distance from the centre line to the crack's edge at every skeleton pixel, from
+  OpenCV's exact Euclidean distance transform, at sub-pixel precision (see ``_widths``: exact
+  for pixel-aligned cracks of odd and even widths). Pixels inside a junction's inscribed circle
+  are left out of the profile (a junction is wider than the cracks that meet there);
 - orientation: principal axis of the crack's pixels, degrees counter-clockwise from the image's
   horizontal as seen (0: horizontal, 90: vertical, 45: rising to the right), in [0, 180);
 - type, in this order: ``map`` when the crack encloses ``MAP_CELLS`` or more cells (a network);
@@ -39,6 +39,7 @@ MAP_CELLS = 2
 PRUNE_ROUNDS = 5
 TIP_DIRECTION_PX = 5
 TIP_STEP_PX = 0.25
+TANGENT_PX = 3
 TYPES = ("horizontal", "vertical", "diagonal", "branched", "map")
 
 
@@ -105,7 +106,7 @@ def measure_mask(mask: np.ndarray, min_length_px: float = 0.0) -> list[Crack]:
 
 def _measure_component(component: np.ndarray, offset: tuple[int, int]) -> Crack:
     """Measures of one crack on its crop (bool, with a one-pixel background border)."""
-    component = _fill_small_holes(component)
+    outline = _outline_filling_small_holes(component)
     distance = cv2.distanceTransform(component.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     orientation = _orientation(component)
     skeleton = skeletonize(component)
@@ -120,10 +121,9 @@ def _measure_component(component: np.ndarray, offset: tuple[int, int]) -> Crack:
             if node is None and not branch.closed:
                 length += _reach(component, end, _tip_direction(end, orientation, way))
                 tips += 1
-    profile = _width_profile(graph, skeleton, distance)
+    profile = _width_profile(graph, skeleton, distance, orientation)
     widths = profile[:, 2]
 
-    outline = _outline(component)
     junctions, cells = len(graph.node_centres), len(outline) - 1
     shift = np.array(offset)
     return Crack(
@@ -137,36 +137,54 @@ def _measure_component(component: np.ndarray, offset: tuple[int, int]) -> Crack:
     )
 
 
-def _width_profile(graph: SkeletonGraph, skeleton: np.ndarray, distance: np.ndarray) -> np.ndarray:
+def _width_profile(graph: SkeletonGraph, skeleton: np.ndarray, distance: np.ndarray, orientation_deg: float) -> np.ndarray:
     """(N, 3) x, y, width of the skeleton pixels outside the junctions' inscribed circles."""
     node_radius = _node_radius(graph, distance)
     parts = []
     for branch in graph.branches:
+        line = graph.polyline(branch)
+        at = np.arange(len(branch.pixels)) + (branch.nodes[0] is not None)  # the pixels' places in line
+        tangent = line[np.minimum(at + TANGENT_PX, len(line) - 1)] - line[np.maximum(at - TANGENT_PX, 0)]
         ys, xs = branch.pixels.T
         away = np.ones(len(ys), bool)
         for node in set(branch.nodes) - {None}:
             cx, cy = graph.node_centres[node]
             away &= np.hypot(xs - cx, ys - cy) > node_radius[node]
-        parts.append(np.stack([xs, ys, 2 * distance[ys, xs] - 0.5], 1)[away])
+        widths = _widths(distance, xs, ys, tangent, orientation_deg)
+        if len(widths) >= 3:  # a running median of 3: a pixel-staircase step is not a wide spot
+            widths = np.median(np.stack([np.r_[widths[1], widths[:-1]], widths, np.r_[widths[1:], widths[-2]]]), 0)
+        parts.append(np.stack([xs, ys, widths], 1)[away])
     profile = np.concatenate(parts) if parts else np.zeros((0, 3))
     if len(profile):
         return profile
     # all of it is junction (a blob): every skeleton pixel, or the crack's widest point
     ys, xs = np.nonzero(skeleton) if skeleton.any() else np.unravel_index([distance.argmax()], distance.shape)
-    return np.stack([xs, ys, 2 * distance[ys, xs] - 0.5], 1)
+    return np.stack([xs, ys, _widths(distance, xs, ys, np.zeros((len(xs), 2)), orientation_deg)], 1)
 
 
-def _fill_small_holes(component: np.ndarray) -> np.ndarray:
-    """Fill holes of at most ``SMALL_HOLE_PX`` pixels (scikit-image's remove_small_holes would
-    also fill a small crop's outer background)."""
-    reached = component.view(np.uint8).copy()
-    cv2.floodFill(reached, None, (0, 0), 1)  # the border is background: this is the outside
-    if reached.all():
-        return component
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(1 - reached, connectivity=4)
-    small = stats[:, cv2.CC_STAT_AREA] <= SMALL_HOLE_PX
-    small[0] = False
-    return component | small[labels]
+def _widths(distance: np.ndarray, xs: np.ndarray, ys: np.ndarray, tangent: np.ndarray, orientation_deg: float) -> np.ndarray:
+    """Crack width at centre-line pixels, from the distance d to the nearest background pixel.
+
+    Across the crack d is a tent that peaks on the true centre line, between the two middle
+    pixels of an even width: the peak is (d + max(d-, d+) + 1) / 2, with d-, d+ one pixel to
+    either side across (``tangent``: along the crack; zero: along its principal axis), and the
+    width 2 x (peak - 0.5), the edge lying half a pixel before the background pixel: d + max(d-, d+).
+    """
+    angle = math.radians(orientation_deg)
+    tangent = np.where(tangent.any(axis=1, keepdims=True), tangent, [math.cos(angle), -math.sin(angle)])
+    across = tangent[:, ::-1] * (-1, 1) / np.hypot(*tangent.T)[:, None]
+    sides = [_bilinear(distance, xs + sign * across[:, 0], ys + sign * across[:, 1]) for sign in (-1, 1)]
+    return distance[ys, xs] + np.maximum(*sides)
+
+
+def _bilinear(image: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """``image`` at sub-pixel points inside it (cv2.remap caps its output at 32767 rows)."""
+    x0 = np.clip(np.floor(xs).astype(int), 0, image.shape[1] - 2)
+    y0 = np.clip(np.floor(ys).astype(int), 0, image.shape[0] - 2)
+    fx, fy = xs - x0, ys - y0
+    top = image[y0, x0] * (1 - fx) + image[y0, x0 + 1] * fx
+    bottom = image[y0 + 1, x0] * (1 - fx) + image[y0 + 1, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
 
 
 def crack_type(orientation_deg: float, junctions: int, cells: int) -> str:
@@ -216,10 +234,11 @@ def _trim_stubs(skeleton: np.ndarray, pixels: np.ndarray, keep_one: bool) -> boo
 
 
 def _node_radius(graph: SkeletonGraph, distance: np.ndarray) -> np.ndarray:
-    """Half the crack's width at each junction: the largest over the junction's pixels."""
+    """Radius of each junction's inscribed circle: the largest distance to the crack's edge (half a
+    pixel before the nearest background pixel) over the junction's pixels."""
     radius = np.zeros(len(graph.node_centres), np.float32)
     ys, xs = graph.node_pixels.T
-    np.maximum.at(radius, graph.node_ids, distance[ys, xs] - 0.25)
+    np.maximum.at(radius, graph.node_ids, distance[ys, xs] - 0.5)
     return radius
 
 
@@ -253,12 +272,15 @@ def _reach(component: np.ndarray, line: np.ndarray, direction: np.ndarray) -> fl
     return float(np.hypot(*(position - line[-1]))) - TIP_STEP_PX / 2
 
 
-def _outline(component: np.ndarray) -> list[np.ndarray]:
-    """Outer ring then one ring per enclosed cell, (N, 2) int (x, y) through boundary pixel centres."""
+def _outline_filling_small_holes(component: np.ndarray) -> list[np.ndarray]:
+    """Fill the crack's small holes in place; returns its outline: the outer ring, then one ring per
+    remaining hole (a cell), (N, 2) int (x, y) through the boundary pixels' centres."""
     contours, hierarchy = cv2.findContours(component.view(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    outer = [i for i, h in enumerate(hierarchy[0]) if h[3] < 0]  # one: the component is 8-connected
-    rings = [contours[outer[0]]] + [c for i, c in enumerate(contours) if i not in outer]
-    return [ring[:, 0, :] for ring in rings]
+    outer = [c for c, h in zip(contours, hierarchy[0]) if h[3] < 0]  # one: the component is 8-connected
+    holes = [c for c, h in zip(contours, hierarchy[0]) if h[3] >= 0]
+    small = [c for c in holes if cv2.contourArea(c) <= SMALL_HOLE_PX]
+    cv2.drawContours(component.view(np.uint8), small, -1, 1, thickness=cv2.FILLED)
+    return [ring[:, 0, :] for ring in outer + [c for c in holes if cv2.contourArea(c) > SMALL_HOLE_PX]]
 
 
 def _orientation(component: np.ndarray) -> float:
