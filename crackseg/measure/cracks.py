@@ -132,7 +132,9 @@ def _measure_component(component: np.ndarray, offset: tuple[int, int]) -> Crack:
         orientation_deg=orientation, type=crack_type(orientation, junctions, cells),
         branches=len(graph.branches), ends=tips, junctions=junctions, cells=cells,
         pixels=0, bbox=(0, 0, 0, 0), centroid=(0.0, 0.0),  # set by the caller, from the whole mask
-        skeleton=[line + shift for line in simplified], outline=[ring + shift for ring in outline],
+        skeleton=[np.vstack([line, line[:1]]) + shift if b.closed else line + shift  # a ring ends where it starts
+                  for line, b in zip(simplified, graph.branches)],
+        outline=[ring + shift for ring in outline],
         profile=(profile + (*shift, 0)).astype(np.float32),
     )
 

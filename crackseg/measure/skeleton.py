@@ -66,9 +66,9 @@ def skeleton_graph(skeleton: np.ndarray) -> SkeletonGraph:
     present = neighbours >= 0
     junction = _CROSSINGS[present @ _POWERS] >= 3
     near = junction | (present & junction[neighbours]).any(axis=1)
-    node_of = _clusters(np.flatnonzero(near), neighbours)
-    n_nodes = int(node_of.max(initial=-1)) + 1
     members = np.flatnonzero(near)
+    node_of = _clusters(members, neighbours)
+    n_nodes = int(node_of.max(initial=-1)) + 1
     ids = node_of[members]
     counts = np.maximum(np.bincount(ids, minlength=n_nodes), 1)
     centres = np.stack([np.bincount(ids, xs[members], n_nodes), np.bincount(ids, ys[members], n_nodes)], 1)
