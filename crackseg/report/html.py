@@ -43,7 +43,7 @@ def render_report(entries: list[dict], settings: dict, generated: str) -> str:
         "<h2>Photos</h2>", _photo_table(entries, classes, unit),
         "<h2>Overlays</h2>", *(_figure(e, unit) for e in measured),
         "<h2>Cracks, widest first</h2>", _crack_table(cracks, classes, unit),
-        "<h2>Settings</h2><table>",
+        "<h2>Settings of this run</h2><table>",
         *(f"<tr><th class='l'>{_e(k)}</th><td class='l'>{_e(v)}</td></tr>" for k, v in settings.items()),
         "</table></body></html>\n",
     ]
