@@ -11,8 +11,11 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from crackseg.inference.predictor import Predictor, load_model, resolve_device
-from crackseg.io import IMAGE_SUFFIXES, ImageReadError, read_photo
-from crackseg.report.writers import output_paths, write_photo_outputs, write_summary
+from crackseg.io import IMAGE_SUFFIXES, ImageReadError, read_mask, read_photo
+from crackseg.measure import measure_mask
+from crackseg.report.batch import write_batch_outputs
+from crackseg.report.cracks import read_crack_document, summary_fields, write_crack_outputs
+from crackseg.report.writers import MEASUREMENT_OUTPUTS, output_paths, write_photo_outputs, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +34,22 @@ def find_photos(spec: str) -> list[Path]:
     return photos
 
 
+def measure_settings(cfg: DictConfig) -> dict:
+    """What a photo's measurement depends on besides its mask; stored in its ``_cracks.json``."""
+    if cfg.mm_per_px is not None and not float(cfg.mm_per_px) > 0:
+        raise ValueError(f"mm_per_px must be > 0 (or null for pixels), got {cfg.mm_per_px}")
+    return {"mm_per_px": None if cfg.mm_per_px is None else float(cfg.mm_per_px),
+            "min_crack_length_px": float(cfg.min_crack_length_px)}
+
+
 def predict(cfg: DictConfig) -> int:
-    """Predict every input photo into ``cfg.output``; returns how many photos failed."""
+    """Predict (and measure) every input photo into ``cfg.output``; returns how many photos failed.
+
+    A photo whose outputs all exist is skipped; one whose prediction exists but whose measurement
+    is missing or was made with other measurement settings is measured again from its saved mask.
+    """
     photos = find_photos(str(cfg.input))
+    settings = measure_settings(cfg)
     device = resolve_device(cfg.device)
     model = load_model(cfg.ckpt, device)
     threshold = float(cfg.threshold if cfg.threshold is not None else model.hparams.threshold)
@@ -49,19 +65,33 @@ def predict(cfg: DictConfig) -> int:
 
     rows, failed = [], 0
     for photo_path in tqdm(photos, desc="photos", unit="photo", disable=len(photos) == 1):
-        paths = output_paths(output_dir, photo_path.stem, cfg.save_prob)
+        paths = output_paths(output_dir, photo_path.stem, cfg.save_prob, cfg.measure)
         row = {"photo": str(photo_path)}
-        if not cfg.overwrite and all(p.is_file() for p in paths.values()):
-            rows.append({**row, "status": "skipped: outputs exist"})
+        predicted = not cfg.overwrite and all(p.is_file() for k, p in paths.items() if k not in MEASUREMENT_OUTPUTS)
+        document = _measured(paths, settings) if predicted and cfg.measure else None
+        if predicted and (document or not cfg.measure):
+            rows.append({**row, **(summary_fields(document) if document else {}), "status": "skipped: outputs exist"})
             continue
         started = time.perf_counter()
         try:
             photo = read_photo(photo_path)
-            height, width = photo.shape[:2]
-            with tqdm(total=predictor.tiles_for(height, width), desc=photo_path.name, unit="tile", leave=False) as bar:
-                prob = predictor(photo, progress=bar.update)
-            row.update(write_photo_outputs(paths, photo, prob, threshold))
-            row["status"] = "ok"
+            if predicted:
+                mask = read_mask(paths["mask"], photo.shape[:2])
+                status = "ok: measured the saved mask"
+            else:
+                height, width = photo.shape[:2]
+                with tqdm(total=predictor.tiles_for(height, width), desc=photo_path.name, unit="tile", leave=False) as bar:
+                    prob = predictor(photo, progress=bar.update)
+                mask = prob >= threshold
+                row.update(write_photo_outputs(paths, photo, prob, mask, threshold))
+                del prob
+                status = "ok"
+            if cfg.measure:
+                measuring = time.perf_counter()
+                cracks = measure_mask(mask, settings["min_crack_length_px"])
+                row.update(write_crack_outputs(paths, photo, cracks, settings))
+                row["measure_seconds"] = round(time.perf_counter() - measuring, 2)
+            row["status"] = status
         except ImageReadError as err:
             failed += 1
             row["status"] = f"failed: {err}"
@@ -69,6 +99,22 @@ def predict(cfg: DictConfig) -> int:
         row["seconds"] = round(time.perf_counter() - started, 2)
         rows.append(row)
     write_summary(output_dir / "summary.csv", rows)
-    log.info("done: %d ok, %d skipped, %d failed; summary: %s", sum(r["status"] == "ok" for r in rows),
+    if cfg.measure:
+        write_batch_outputs(output_dir, rows, _report_settings(cfg, threshold, settings))
+    log.info("done: %d ok, %d skipped, %d failed; summary: %s", sum(r["status"].startswith("ok") for r in rows),
              sum(r["status"].startswith("skipped") for r in rows), failed, output_dir / "summary.csv")
     return failed
+
+
+def _measured(paths: dict[str, Path], settings: dict) -> dict | None:
+    """The photo's crack document when all its measurement outputs exist with these settings."""
+    if not all(paths[k].is_file() for k in MEASUREMENT_OUTPUTS):
+        return None
+    document = read_crack_document(paths["cracks"])
+    return document if document and document.get("settings") == settings else None
+
+
+def _report_settings(cfg: DictConfig, threshold: float, settings: dict) -> dict:
+    return {"checkpoint": cfg.ckpt, "input": cfg.input, "output": cfg.output, "scales": list(cfg.scales),
+            "tile": cfg.tile, "overlap": cfg.overlap, "blend": cfg.blend, "threshold": threshold,
+            "device": cfg.device, "precision": cfg.precision, **settings}

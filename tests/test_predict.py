@@ -120,3 +120,54 @@ def test_cli_exits_non_zero_on_a_missing_checkpoint(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode != 0 and "checkpoint not found" in result.stderr
+
+
+def _copy_photos(tiny_dataset, folder, n=2):
+    for src in sorted((tiny_dataset / "images" / "train").glob("*.jpg"))[:n]:
+        folder.mkdir(exist_ok=True)
+        (folder / src.name).write_bytes(src.read_bytes())
+    return folder
+
+
+def test_batch_measures_cracks_and_writes_the_report(checkpoint, tiny_dataset, tmp_path):
+    photos, out = _copy_photos(tiny_dataset, tmp_path / "in"), tmp_path / "out"
+    cfg = _predict_cfg(ckpt=str(checkpoint), input=str(photos), output=str(out), threshold=0.3, min_crack_length_px=0)
+    assert predict(cfg) == 0
+    summary = {r["photo"].split("/")[-1][:-4]: r for r in csv.DictReader((out / "summary.csv").open())}
+    crack_rows = list(csv.DictReader((out / "cracks.csv").open()))
+    for stem, row in summary.items():
+        document = json.loads((out / f"{stem}_cracks.json").read_text())
+        assert document["unit"] == row["unit"] == "px" and document["settings"]["mm_per_px"] is None
+        assert int(row["cracks"]) == len(document["cracks"]) == sum(r["photo"] == row["photo"] for r in crack_rows)
+        assert float(row["measure_seconds"]) >= 0
+        assert json.loads((out / f"{stem}.geojson").read_text())["type"] == "FeatureCollection"
+        assert (out / f"{stem}_widths.jpg").is_file() and (out / f"{stem}_thumb.jpg").is_file()
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/jpeg;base64,") == 2 and "src='http" not in report and "<script" not in report
+
+    cfg.mm_per_px = 0.5  # other units: measured again from the saved masks, not predicted again
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*_mask.png")}
+    assert predict(cfg) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*_mask.png")} == stamps
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["status"] for r in rows] == ["ok: measured the saved mask"] * 2 and {r["unit"] for r in rows} == {"mm"}
+    assert {r["unit"] for r in csv.DictReader((out / "cracks.csv").open())} <= {"mm"}
+
+    (photos / "third.jpg").write_bytes(next((tiny_dataset / "images" / "val").glob("*.jpg")).read_bytes())
+    assert predict(cfg) == 0  # resumed: the report still covers every photo of the summary
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert sorted(r["status"] for r in rows) == ["ok", "skipped: outputs exist", "skipped: outputs exist"]
+    assert all(r["cracks"] != "" and r["unit"] == "mm" for r in rows)
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/jpeg;base64,") == 3 and "mm_per_px" in report
+
+
+def test_batch_without_measurement_and_bad_mm_per_px(checkpoint, tiny_dataset, tmp_path):
+    photos, out = _copy_photos(tiny_dataset, tmp_path / "in", n=1), tmp_path / "out"
+    cfg = _predict_cfg(ckpt=str(checkpoint), input=str(photos), output=str(out), measure=False)
+    assert predict(cfg) == 0
+    assert not list(out.glob("*_cracks.json")) and not (out / "report.html").exists()
+    assert predict(cfg) == 0 and next(csv.DictReader((out / "summary.csv").open()))["status"].startswith("skipped")
+    cfg.mm_per_px = -1
+    with pytest.raises(ValueError, match="mm_per_px must be > 0"):
+        predict(cfg)

@@ -1,4 +1,5 @@
-"""Per-photo prediction outputs, each written atomically: mask, probability, overlay, contours."""
+"""Per-photo prediction outputs, each written atomically: mask, probability, overlay, contours;
+and the batch's summary.csv."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import numpy as np
 
 from crackseg.io import atomic_write_bytes, write_image
 
-SUMMARY_FIELDS = ["photo", "width", "height", "crack_pixels", "crack_fraction", "contours", "seconds", "status"]
+SUMMARY_FIELDS = ["photo", "width", "height", "crack_pixels", "crack_fraction", "contours", "cracks", "total_length",
+                  "max_width", "unit", "seconds", "measure_seconds", "status"]
+MEASUREMENT_OUTPUTS = ("cracks", "geojson", "widths", "thumb")  # written by crackseg.report.cracks
 
 
-def output_paths(output_dir: Path, stem: str, save_prob: bool = True) -> dict[str, Path]:
+def output_paths(output_dir: Path, stem: str, save_prob: bool = True, measure: bool = True) -> dict[str, Path]:
     paths = {
         "mask": output_dir / f"{stem}_mask.png",
         "overlay": output_dir / f"{stem}_overlay.jpg",
@@ -23,6 +26,13 @@ def output_paths(output_dir: Path, stem: str, save_prob: bool = True) -> dict[st
     }
     if save_prob:
         paths["prob"] = output_dir / f"{stem}_prob.png"
+    if measure:
+        paths |= {
+            "cracks": output_dir / f"{stem}_cracks.json",
+            "geojson": output_dir / f"{stem}.geojson",
+            "widths": output_dir / f"{stem}_widths.jpg",
+            "thumb": output_dir / f"{stem}_thumb.jpg",
+        }
     return paths
 
 
@@ -50,9 +60,10 @@ def draw_overlay(photo: np.ndarray, contours: list[dict]) -> np.ndarray:
     return overlay
 
 
-def write_photo_outputs(paths: dict[str, Path], photo: np.ndarray, prob: np.ndarray, threshold: float) -> dict:
-    """Write every output of one photo; returns its summary row fields (without timing)."""
-    mask = prob >= threshold
+def write_photo_outputs(paths: dict[str, Path], photo: np.ndarray, prob: np.ndarray, mask: np.ndarray,
+                        threshold: float) -> dict:
+    """Write the prediction outputs of one photo (``mask``: ``prob >= threshold``); returns its
+    summary row fields (without timing)."""
     contours = find_contours(mask)
     if "prob" in paths:
         write_image(paths["prob"], cv2.convertScaleAbs(prob, alpha=255))  # rounds and saturates, no float copy

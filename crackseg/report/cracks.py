@@ -1,0 +1,145 @@
+"""Per-photo crack measurement outputs: JSON, GeoJSON, width-coloured overlay and thumbnail.
+
+Width classes colour each skeleton pixel by the crack's local width: with ``mm_per_px``
+< 0.1 mm, 0.1-0.3 mm, 0.3-1 mm, >= 1 mm (0.3 mm: a common code limit); without it
+< 2 px, 2-4 px, 4-8 px, >= 8 px.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from crackseg.io import atomic_write_bytes, write_image
+from crackseg.measure import TYPES, Crack
+
+MM_BOUNDS = (0.1, 0.3, 1.0)
+PX_BOUNDS = (2.0, 4.0, 8.0)
+CLASS_COLOURS = ((0, 190, 0), (255, 215, 0), (255, 120, 0), (220, 0, 0))  # RGB, narrow to wide
+THUMB_SIZE = 800  # px, the longer side
+THUMB_LABELS = 40  # the widest cracks get their number on the thumbnail
+
+
+def width_classes(mm_per_px: float | None) -> list[str]:
+    """The classes' labels, narrow to wide."""
+    bounds, unit = (MM_BOUNDS, "mm") if mm_per_px else (PX_BOUNDS, "px")
+    low, high = f"{bounds[0]:g}", f"{bounds[-1]:g}"
+    return [f"< {low} {unit}"] + [f"{a:g}-{b:g} {unit}" for a, b in zip(bounds, bounds[1:])] + [f">= {high} {unit}"]
+
+
+def width_class(width_px: np.ndarray | float, mm_per_px: float | None) -> np.ndarray:
+    """Class index (0: narrowest) of widths in px."""
+    bounds = np.array(MM_BOUNDS) / mm_per_px if mm_per_px else np.array(PX_BOUNDS)
+    return np.searchsorted(bounds, width_px, side="right")
+
+
+def crack_document(cracks: list[Crack], shape: tuple[int, int], settings: dict) -> dict:
+    """Everything ``<stem>_cracks.json`` holds: measures, geometry, totals and the settings."""
+    mm_per_px = settings.get("mm_per_px")
+    classes = width_classes(mm_per_px)
+    records = [{**c.to_dict(mm_per_px), "width_class": classes[int(width_class(c.max_width, mm_per_px))]}
+               for c in cracks]
+    return {
+        "width": int(shape[1]), "height": int(shape[0]), "unit": "mm" if mm_per_px else "px",
+        "settings": settings, "width_classes": classes, "totals": totals(records, classes), "cracks": records,
+    }
+
+
+def totals(records: list[dict], classes: list[str]) -> dict:
+    """Count, total length, largest width, and counts by type and by width class (of max width)."""
+    return {
+        "cracks": len(records),
+        "total_length": round(sum(r["length"] for r in records), 3),
+        "max_width": max((r["max_width"] for r in records), default=0.0),
+        "types": {t: sum(r["type"] == t for r in records) for t in TYPES},
+        "width_classes": {c: sum(r["width_class"] == c for r in records) for c in classes},
+    }
+
+
+def geojson(document: dict) -> dict:
+    """FeatureCollection in pixel coordinates (x right, y down, pixel centres): per crack its
+    skeleton (MultiLineString, a LineString per branch) and outline (Polygon with its cells as
+    holes), each with the crack's measures as properties."""
+    features = []
+    for record in document["cracks"]:
+        properties = {k: v for k, v in record.items() if k not in ("skeleton", "outline")}
+        lines = [line if len(line) > 1 else line * 2 for line in record["skeleton"]]
+        features.append({"type": "Feature", "id": f"{record['id']}-skeleton", "properties": {**properties, "part": "skeleton"},
+                         "geometry": {"type": "MultiLineString", "coordinates": lines}})
+        features.append({"type": "Feature", "id": f"{record['id']}-outline", "properties": {**properties, "part": "outline"},
+                         "geometry": {"type": "Polygon", "coordinates": [_ring(r) for r in record["outline"]]}})
+    return {"type": "FeatureCollection", "unit": document["unit"], "mm_per_px": document["settings"].get("mm_per_px"),
+            "image_size": [document["width"], document["height"]], "features": features}
+
+
+def _ring(points: list[list[int]]) -> list[list[int]]:
+    """A closed GeoJSON ring (at least 4 positions, even for a one- or two-pixel outline)."""
+    ring = points + [points[0]]
+    while len(ring) < 4:
+        ring.insert(-1, points[-1])
+    return ring
+
+
+def draw_widths(photo: np.ndarray, cracks: list[Crack], mm_per_px: float | None, size: tuple[int, int] | None = None,
+                thickness: int | None = None) -> np.ndarray:
+    """The photo (resized to ``size`` (W, H) when given) with every skeleton pixel painted in the
+    colour of its width class, lines ``thickness`` px wide; where lines overlap the wider class wins."""
+    height, width = photo.shape[:2]
+    image = photo.copy() if size is None else cv2.resize(photo, size, interpolation=cv2.INTER_AREA)
+    scale = image.shape[1] / width
+    thickness = thickness or max(3, round(max(height, width) / 1500))
+    classes = np.zeros(image.shape[:2], np.uint8)  # 0: no crack, else class index + 1
+    for crack in cracks:
+        xs, ys, widths = crack.profile.T
+        cols = np.clip(np.round(xs * scale).astype(int), 0, image.shape[1] - 1)
+        rows = np.clip(np.round(ys * scale).astype(int), 0, image.shape[0] - 1)
+        np.maximum.at(classes, (rows, cols), (width_class(widths, mm_per_px) + 1).astype(np.uint8))
+    classes = cv2.dilate(classes, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (thickness, thickness)))
+    painted = classes > 0
+    image[painted] = np.array(CLASS_COLOURS, np.uint8)[classes[painted] - 1]
+    return image
+
+
+def draw_thumbnail(photo: np.ndarray, cracks: list[Crack], mm_per_px: float | None) -> np.ndarray:
+    """A small width overlay, the widest cracks numbered (their ``id``) next to their centre line."""
+    height, width = photo.shape[:2]
+    scale = min(1.0, THUMB_SIZE / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    thumb = draw_widths(photo, cracks, mm_per_px, size, thickness=2)
+    for crack in sorted(cracks, key=lambda c: -c.max_width)[:THUMB_LABELS]:
+        points = crack.profile[:, :2] if len(crack.profile) else np.array([crack.centroid])
+        x, y = points[np.argmin(np.hypot(*(points - crack.centroid).T))] * scale
+        org = (int(min(x + 4, size[0] - 14)), int(max(y - 4, 10)))
+        for colour, weight in (((0, 0, 0), 3), ((255, 255, 255), 1)):  # white on a black edge
+            cv2.putText(thumb, str(crack.id), org, cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, weight, cv2.LINE_AA)
+    return thumb
+
+
+def write_crack_outputs(paths: dict[str, Path], photo: np.ndarray, cracks: list[Crack], settings: dict) -> dict:
+    """Write one photo's measurement outputs; returns its summary row fields. The JSON goes last:
+    its presence (with the same settings) marks a measured photo."""
+    document = crack_document(cracks, photo.shape[:2], settings)
+    mm_per_px = settings.get("mm_per_px")
+    atomic_write_bytes(paths["geojson"], json.dumps(geojson(document)).encode())
+    write_image(paths["widths"], draw_widths(photo, cracks, mm_per_px), jpeg_quality=90)
+    write_image(paths["thumb"], draw_thumbnail(photo, cracks, mm_per_px), jpeg_quality=85)
+    atomic_write_bytes(paths["cracks"], json.dumps(document).encode())
+    return summary_fields(document)
+
+
+def summary_fields(document: dict) -> dict:
+    """The crack columns of summary.csv from a ``<stem>_cracks.json`` document."""
+    return {"width": document["width"], "height": document["height"], "unit": document["unit"],
+            **{k: document["totals"][k] for k in ("cracks", "total_length", "max_width")}}
+
+
+def read_crack_document(path: Path) -> dict | None:
+    """A ``<stem>_cracks.json`` document, or None when missing or unreadable (then re-measured)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+

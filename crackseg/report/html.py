@@ -1,0 +1,113 @@
+"""``report.html``: one self-contained page (inline CSS, thumbnails as base64 JPEG) that opens offline."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from crackseg.measure import TYPES
+from crackseg.report.cracks import CLASS_COLOURS, width_classes
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+th,td{border:1px solid #ccc;padding:.2em .5em;text-align:right}
+th{background:#f2f2f2}td.l,th.l{text-align:left}
+.sw{display:inline-block;width:1em;height:1em;vertical-align:middle;border:1px solid #888;margin-right:.3em}
+figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}
+figure img{max-width:800px;border:1px solid #ccc}
+"""
+
+
+def render_report(entries: list[dict], settings: dict, generated: str) -> str:
+    """The page for ``entries`` (per photo: ``photo``, ``status``, ``document`` (its cracks JSON or
+    None), ``thumb`` (JPEG bytes or None), ``overlay`` (file name of the full-size width overlay))."""
+    mm_per_px = settings.get("mm_per_px")
+    unit = "mm" if mm_per_px else "px"
+    classes = width_classes(mm_per_px)
+    measured = [e for e in entries if e["document"]]
+    cracks = [(e, c) for e in measured for c in e["document"]["cracks"]]
+    cracks.sort(key=lambda ec: -ec[1]["max_width"])
+    total_length = sum(c["length"] for _, c in cracks)
+    widest = max((c["max_width"] for _, c in cracks), default=0)
+
+    parts = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Crack report</title>"
+        f"<style>{_STYLE}</style></head><body><h1>Crack report</h1>",
+        f"<p>{len(entries)} photo(s), {len(measured)} measured; {len(cracks)} crack(s), total length "
+        f"{total_length:.6g} {unit}, widest {widest:g} {unit}. Generated {_e(generated)} by crackseg.</p>",
+        "<p>Width classes (overlays colour each point of a crack's centre line by its local width; the "
+        "tables give the class of a crack's maximum width): "
+        + " ".join(f"{_swatch(i)}{_e(label)}" for i, label in enumerate(classes)) + "</p>",
+        "<h2>Photos</h2>", _photo_table(entries, classes, unit),
+        "<h2>Overlays</h2>", *(_figure(e, unit) for e in measured),
+        "<h2>Cracks, widest first</h2>", _crack_table(cracks, classes, unit),
+        "<h2>Settings of this run</h2><table>",
+        *(f"<tr><th class='l'>{_e(k)}</th><td class='l'>{_e(v)}</td></tr>" for k, v in settings.items()),
+        "</table></body></html>\n",
+    ]
+    return "\n".join(parts)
+
+
+def _photo_table(entries: list[dict], classes: list[str], unit: str) -> str:
+    head = (["photo", "status", "size", "cracks", f"total length ({unit})", f"max width ({unit})"]
+            + list(TYPES) + [f"{_swatch(i)}{_e(c)}" for i, c in enumerate(classes)])
+    rows = []
+    for entry in entries:
+        doc = entry["document"]
+        name = f"<a href='#{_anchor(entry)}'>{_e(_name(entry))}</a>" if doc else _e(_name(entry))
+        cells = [f"<td class='l'>{name}</td>", f"<td class='l'>{_e(entry['status'])}</td>"]
+        if doc:
+            totals = doc["totals"]
+            values = ([f"{doc['width']}x{doc['height']}", totals["cracks"], f"{totals['total_length']:g}",
+                       f"{totals['max_width']:g}"] + [totals["types"][t] for t in TYPES]
+                      + [totals["width_classes"].get(c, 0) for c in classes])
+            cells += [f"<td>{_e(v)}</td>" for v in values]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return _table(head, rows)
+
+
+def _crack_table(cracks: list[tuple[dict, dict]], classes: list[str], unit: str) -> str:
+    head = ["photo", "crack", "type", "width class", f"length ({unit})", f"max width ({unit})", f"mean width ({unit})",
+            f"p90 width ({unit})", "orientation (deg)", "branches", "ends", "centroid x, y (px)"]
+    rows = []
+    for entry, c in cracks:
+        cls = classes.index(c["width_class"]) if c["width_class"] in classes else 0
+        values = [c["length"], c["max_width"], c["mean_width"], c["p90_width"], c["orientation_deg"], c["branches"],
+                  c["ends"], f"{c['centroid'][0]:.0f}, {c['centroid'][1]:.0f}"]
+        rows.append(f"<tr><td class='l'><a href='#{_anchor(entry)}'>{_e(_name(entry))}</a></td><td>{c['id']}</td>"
+                    f"<td class='l'>{_e(c['type'])}</td><td class='l'>{_swatch(cls)}{_e(c['width_class'])}</td>"
+                    + "".join(f"<td>{_e(v)}</td>" for v in values) + "</tr>")
+    return _table(head, rows)
+
+
+def _figure(entry: dict, unit: str) -> str:
+    totals = entry["document"]["totals"]
+    caption = (f"{_e(_name(entry))}: {totals['cracks']} crack(s), {totals['total_length']:g} {unit} in all, "
+               f"widest {totals['max_width']:g} {unit}")
+    image = (f"<img alt='width overlay of {_e(_name(entry))}' src='data:image/jpeg;base64,"
+             f"{base64.b64encode(entry['thumb']).decode()}'>" if entry["thumb"] else "(no thumbnail)")
+    return (f"<figure id='{_anchor(entry)}'><a href='{_e(entry['overlay'])}'>{image}</a>"
+            f"<figcaption>{caption}</figcaption></figure>")
+
+
+def _table(head: list[str], rows: list[str]) -> str:
+    return "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>\n" + "\n".join(rows) + "</table>"
+
+
+def _swatch(index: int) -> str:
+    r, g, b = CLASS_COLOURS[index]
+    return f"<span class='sw' style='background:rgb({r},{g},{b})'></span>"
+
+
+def _name(entry: dict) -> str:
+    return Path(entry["photo"]).name
+
+
+def _anchor(entry: dict) -> str:
+    return "photo-" + "".join(ch if ch.isalnum() else "-" for ch in Path(entry["photo"]).stem)
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
