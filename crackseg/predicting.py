@@ -53,7 +53,7 @@ def predict(cfg: DictConfig) -> int:
     device = resolve_device(cfg.device)
     model = load_model(cfg.ckpt, device)
     threshold = float(cfg.threshold if cfg.threshold is not None else model.hparams.threshold)
-    predictor = Predictor(model, cfg.scales, cfg.tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision)
+    predictor = Predictor(model, cfg.scales, cfg.tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision, cfg.compile)
     output_dir = Path(cfg.output)
     output_dir.mkdir(parents=True, exist_ok=True)
     log.info("%d photo(s) -> %s on %s, scales %s, threshold %.3f", len(photos), output_dir, device, list(cfg.scales), threshold)
