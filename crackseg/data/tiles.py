@@ -48,25 +48,41 @@ class BalancedTileSampler(Sampler[int]):
     Fresh tiles every epoch (seeded by ``seed`` and the epoch, which Lightning sets); a class
     is drawn without replacement while it has enough tiles, with replacement otherwise.
     Without crack tiles (or background tiles) the other class fills the epoch.
+
+    Distributed training: every rank draws the same epoch (same seed and epoch) and keeps its
+    strided share, ``num_samples // num_replicas`` tiles, so the ranks split one epoch's draw
+    between them (the remainder of the division is dropped: equal shares keep ranks in step).
     """
 
-    def __init__(self, crack: np.ndarray, num_samples: int, crack_fraction: float = 0.5, seed: int = 0):
+    def __init__(
+        self,
+        crack: np.ndarray,
+        num_samples: int,
+        crack_fraction: float = 0.5,
+        seed: int = 0,
+        rank: int = 0,
+        num_replicas: int = 1,
+    ):
         if not 0 <= crack_fraction <= 1:
             raise ValueError(f"crack_fraction must be in [0, 1], got {crack_fraction}")
         if len(crack) == 0:
             raise ValueError("no tiles to sample from")
+        if not 0 <= rank < num_replicas or num_samples < num_replicas:
+            raise ValueError(f"rank {rank} of {num_replicas} cannot share {num_samples} tiles")
         self.crack_ids = torch.from_numpy(np.flatnonzero(crack))
         self.background_ids = torch.from_numpy(np.flatnonzero(~crack))
         self.num_samples = num_samples
         self.crack_fraction = crack_fraction
         self.seed = seed
+        self.rank = rank
+        self.num_replicas = num_replicas
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.num_samples // self.num_replicas
 
     @staticmethod
     def _draw(ids: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -85,7 +101,8 @@ class BalancedTileSampler(Sampler[int]):
             self._draw(self.crack_ids, n_crack, generator),
             self._draw(self.background_ids, self.num_samples - n_crack, generator),
         ])
-        return iter(chosen[torch.randperm(len(chosen), generator=generator)].tolist())
+        chosen = chosen[torch.randperm(len(chosen), generator=generator)]
+        return iter(chosen[self.rank : len(self) * self.num_replicas : self.num_replicas].tolist())
 
 
 def _to_tensors(image: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:

@@ -103,13 +103,15 @@ class CrackSegModule(pl.LightningModule):
             self._log_panel(batch_idx, batch["image"][0], mask, prob)
 
     def on_validation_epoch_end(self) -> None:
+        # compute() syncs the pooled states across ranks, so every value is already the same on
+        # every rank; sync_dist=True (a mean of equal values) tells Lightning it is global
         metrics = self.val_metrics.compute()
         self.val_metrics.reset()
         self.val_dice_best(metrics["val/dice"])
-        self.log_dict(metrics, prog_bar=True)
-        self.log("val/loss", self.val_loss.compute())
+        self.log_dict(metrics, prog_bar=True, sync_dist=True)
+        self.log("val/loss", self.val_loss.compute(), sync_dist=True)
         self.val_loss.reset()
-        self.log("val/dice_best", self.val_dice_best.compute(), prog_bar=True)
+        self.log("val/dice_best", self.val_dice_best.compute(), prog_bar=True, sync_dist=True)
 
     def _log_panel(self, index: int, image: torch.Tensor, mask: torch.Tensor, prob: torch.Tensor) -> None:
         """Photo | truth | prediction, on a window around the photo's cracks, to TensorBoard."""
