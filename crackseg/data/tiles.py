@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -129,12 +130,24 @@ class _PhotoArrays:
 
 
 class TileDataset(Dataset):
-    """Tile ``i`` of the index, augmented: ``{"image": uint8 (3, t, t), "mask": float (1, t, t)}``."""
+    """Tile ``i`` of the index, augmented: ``{"image": uint8 (3, t, t), "mask": float (1, t, t)}``.
+
+    An albumentations ``transform`` keeps its own random state, deaf to global seeds: it is
+    seeded once per process (loader workers included) from torch's generator, which
+    ``seed_everything(workers=True)`` seeds per rank and worker, so augmentation is reproducible
+    and differs between workers.
+    """
 
     def __init__(self, pairs: Sequence[CachedPair], index: TileIndex, transform: Callable | None = None):
         self.arrays = _PhotoArrays(pairs)
         self.index = index
         self.transform = transform
+        self._seeded_in: int | None = None  # the process that seeded the transform
+
+    def _seed_transform(self) -> None:
+        if self._seeded_in != os.getpid() and hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(int(torch.randint(2**31, ())))
+            self._seeded_in = os.getpid()
 
     def __len__(self) -> int:
         return len(self.index)
@@ -149,6 +162,7 @@ class TileDataset(Dataset):
             image = np.pad(image, (*pad, (0, 0)), mode="reflect")
             mask = np.pad(mask, pad, mode="reflect")
         if self.transform is not None:
+            self._seed_transform()
             out = self.transform(image=np.ascontiguousarray(image), mask=np.ascontiguousarray(mask))
             image, mask = out["image"], out["mask"]
         return _to_tensors(image, mask)
