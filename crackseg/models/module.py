@@ -67,6 +67,7 @@ class CrackSegModule(pl.LightningModule):
         self.val_metrics = segmentation_metrics(threshold, "val/")
         self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
         self.val_dice_best = MaxMetric()
+        self.val_dice_best.persistent(True)  # in the checkpoint's state_dict: a resumed run keeps its best
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.float() / 255 - self.mean) / self.std
@@ -81,9 +82,6 @@ class CrackSegModule(pl.LightningModule):
         """Crack probability ``(1, H, W)`` of a whole ``(3, H, W)`` photo, by the tiler."""
         hp = self.hparams
         return sliding_window(image, self.predict_probabilities, hp.val_tile, hp.val_overlap, hp.val_batch_size)
-
-    def on_train_start(self) -> None:
-        self.val_dice_best.reset()  # forget the sanity check's score
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
@@ -107,11 +105,12 @@ class CrackSegModule(pl.LightningModule):
         # every rank; sync_dist=True (a mean of equal values) tells Lightning it is global
         metrics = self.val_metrics.compute()
         self.val_metrics.reset()
-        self.val_dice_best(metrics["val/dice"])
         self.log_dict(metrics, prog_bar=True, sync_dist=True)
         self.log("val/loss", self.val_loss.compute(), sync_dist=True)
         self.val_loss.reset()
-        self.log("val/dice_best", self.val_dice_best.compute(), prog_bar=True, sync_dist=True)
+        if not self.trainer.sanity_checking:  # the sanity check's score on a few photos is no best
+            self.val_dice_best(metrics["val/dice"])
+            self.log("val/dice_best", self.val_dice_best.compute(), prog_bar=True, sync_dist=True)
 
     def _log_panel(self, index: int, image: torch.Tensor, mask: torch.Tensor, prob: torch.Tensor) -> None:
         """Photo | truth | prediction, on a window around the photo's cracks, to TensorBoard."""
