@@ -24,7 +24,7 @@ def trials(sweep_dir: str | Path) -> list[dict]:
         job = overrides_file.parents[1]
         summary_file = job / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-        overrides = dict(o.split("=", 1) for o in OmegaConf.load(overrides_file))
+        overrides = dict(o.partition("=")[::2] for o in OmegaConf.load(overrides_file))
         rows.append({"job": job.name, **{k: summary.get(k) for k in COLUMNS[1:]}, **overrides})
     if not rows:
         raise FileNotFoundError(f"no job folders (*/.hydra/overrides.yaml) in {sweep_dir}")
@@ -35,7 +35,7 @@ def trials(sweep_dir: str | Path) -> list[dict]:
         value = row["val_dice_best"]
         return value if value is not None and not math.isnan(value) else -math.inf
 
-    rows.sort(key=lambda row: (-score(row), int(row["job"]) if row["job"].isdigit() else row["job"]))
+    rows.sort(key=lambda row: (-score(row), len(row["job"]), row["job"]))  # then 0, 1, ..., 10
     return [{k: row.get(k) for k in (*COLUMNS, *varying)} for row in rows]
 
 

@@ -79,12 +79,12 @@ class CrackDataModule(pl.LightningDataModule):
         )
 
     @property
-    def rank_and_world_size(self) -> tuple[int, int]:
+    def _rank_and_world_size(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        rank, world_size = self.rank_and_world_size
+        rank, world_size = self._rank_and_world_size
         sampler = BalancedTileSampler(
             self.train_index.crack, hp.tiles_per_epoch, hp.crack_fraction, hp.sampler_seed, rank, world_size
         )
@@ -99,6 +99,6 @@ class CrackDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         dataset = PhotoDataset(self.val_pairs)
-        rank, world_size = self.rank_and_world_size
+        rank, world_size = self._rank_and_world_size
         sampler = DistributedSampler(dataset, world_size, rank, shuffle=False) if world_size > 1 else None
         return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=min(1, self.hparams.num_workers))
