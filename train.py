@@ -1,5 +1,6 @@
 """Train a crack segmenter: ``python train.py [data=...] [model=...] [trainer.max_epochs=N]``."""
 
+import math
 import os
 from pathlib import Path
 
@@ -10,10 +11,13 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
+    """Returns val/dice_best for sweepers; None when no validation ran, which the Optuna sweeper
+    records as a failed trial (a NaN would stop the whole sweep)."""
     from crackseg.training import train
 
-    return train(cfg)
+    best = train(cfg)
+    return None if math.isnan(best) else best
 
 
 if __name__ == "__main__":

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from crackseg.io import atomic_write_bytes
@@ -16,34 +20,60 @@ from crackseg.io import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside it, then renames it into place.
+
+    Lightning's own save goes through a temporary file in the system temp folder and
+    ``shutil.move``, which copies (and so can leave half a file) when that folder is on another
+    filesystem than the run, as it often is on clusters.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(path, buffer.getbuffer())
+
+
 def _instantiate_all(group: DictConfig | None) -> list:
     return [hydra.utils.instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
 
 
 def train(cfg: DictConfig) -> float:
-    """Fit the model on the data, write ``summary.json`` in the run folder, return val/dice_best."""
+    """Fit the model on the data, write ``summary.json`` in the run folder (rank 0), return
+    val/dice_best (NaN when no validation ran).
+
+    ``cfg.ckpt_path`` resumes: a checkpoint file, or ``last`` for this run folder's
+    ``checkpoints/last.ckpt`` (a fresh start while there is none).
+    """
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     model = hydra.utils.instantiate(cfg.model, _convert_="all", net_config=OmegaConf.to_yaml(cfg.model.net, resolve=True))
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
 
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     seconds = time.perf_counter() - started
 
-    checkpoint = trainer.checkpoint_callback
-    best = float(model.val_dice_best.compute()) if model.val_dice_best.update_called else float("nan")
+    saved = {c.filename: c.best_model_path for c in trainer.checkpoint_callbacks}  # "last": conf/callbacks
+    best = float(model.val_dice_best.max_value)  # -inf until a validation ran; the same on every rank
+    best = best if math.isfinite(best) else float("nan")
     summary = {
-        "best_ckpt": str(checkpoint.best_model_path) if checkpoint else None,
-        "last_ckpt": str(checkpoint.last_model_path) if checkpoint else None,
+        "best_ckpt": trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None,
+        "last_ckpt": saved.get("last"),
+        "resumed_from": trainer.ckpt_path,
         "val_dice_best": best,
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "epochs": trainer.current_epoch,
         "train_seconds": round(seconds, 1),
-        "train_tiles": trainer.global_step * cfg.data.batch_size,
+        "train_tiles": trainer.global_step * cfg.data.batch_size * trainer.world_size,
+        "world_size": trainer.world_size,
     }
     if trainer.is_global_zero:
         atomic_write_bytes(output_dir / "summary.json", json.dumps(summary, indent=2).encode())

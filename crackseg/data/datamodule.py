@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from crackseg.data import synthetic
 from crackseg.data.cache import CachedPair, cache_pair
@@ -23,6 +23,11 @@ class CrackDataModule(pl.LightningDataModule):
     a ``crack_fraction`` of crack tiles. Validation yields whole photos (batch of one).
 
     ``synthetic``: generator parameters; the dataset is generated into ``root`` when missing.
+
+    Distributed training shards both loaders itself (the trainer runs with
+    ``use_distributed_sampler=False``): each rank takes its share of the epoch's tiles and of
+    the val photos; with a photo count not divisible by the world size, a few photos are
+    validated twice (``DistributedSampler`` padding keeps every rank validating).
     """
 
     def __init__(
@@ -73,9 +78,16 @@ class CrackDataModule(pl.LightningDataModule):
             hp.root, len(train), len(self.train_index), int(self.train_index.crack.sum()), len(val),
         )
 
+    @property
+    def _rank_and_world_size(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        self.sampler = BalancedTileSampler(self.train_index.crack, hp.tiles_per_epoch, hp.crack_fraction, hp.sampler_seed)
+        rank, world_size = self._rank_and_world_size
+        self.sampler = BalancedTileSampler(
+            self.train_index.crack, hp.tiles_per_epoch, hp.crack_fraction, hp.sampler_seed, rank, world_size
+        )
         return DataLoader(
             TileDataset(self.train_pairs, self.train_index, self.augment),
             batch_size=hp.batch_size,
@@ -86,4 +98,7 @@ class CrackDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(PhotoDataset(self.val_pairs), batch_size=1, num_workers=min(1, self.hparams.num_workers))
+        dataset = PhotoDataset(self.val_pairs)
+        rank, world_size = self._rank_and_world_size
+        sampler = DistributedSampler(dataset, world_size, rank, shuffle=False) if world_size > 1 else None
+        return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=min(1, self.hparams.num_workers))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -49,18 +50,34 @@ class BalancedTileSampler(Sampler[int]):
     is drawn without replacement while it has enough tiles, with replacement otherwise.
     Without crack tiles (or background tiles) the other class fills the epoch.
     ``set_hard_negatives`` makes a share of the background draws come from given tiles.
+
+    Distributed training: every rank draws the same epoch (same seed and epoch) and keeps its
+    strided share, ``num_samples // num_replicas`` tiles, so the ranks split one epoch's draw
+    between them (the remainder of the division is dropped: equal shares keep ranks in step).
     """
 
-    def __init__(self, crack: np.ndarray, num_samples: int, crack_fraction: float = 0.5, seed: int = 0):
+    def __init__(
+        self,
+        crack: np.ndarray,
+        num_samples: int,
+        crack_fraction: float = 0.5,
+        seed: int = 0,
+        rank: int = 0,
+        num_replicas: int = 1,
+    ):
         if not 0 <= crack_fraction <= 1:
             raise ValueError(f"crack_fraction must be in [0, 1], got {crack_fraction}")
         if len(crack) == 0:
             raise ValueError("no tiles to sample from")
+        if not 0 <= rank < num_replicas or num_samples < num_replicas:
+            raise ValueError(f"rank {rank} of {num_replicas} cannot share {num_samples} tiles")
         self.crack_ids = torch.from_numpy(np.flatnonzero(crack))
         self.background_ids = torch.from_numpy(np.flatnonzero(~crack))
         self.num_samples = num_samples
         self.crack_fraction = crack_fraction
         self.seed = seed
+        self.rank = rank
+        self.num_replicas = num_replicas
         self.epoch = 0
         self.hard_ids = torch.empty(0, dtype=torch.long)
         self.hard_fraction = 0.0
@@ -76,7 +93,7 @@ class BalancedTileSampler(Sampler[int]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.num_samples // self.num_replicas
 
     @staticmethod
     def _draw(ids: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -98,7 +115,8 @@ class BalancedTileSampler(Sampler[int]):
             self._draw(self.hard_ids, n_hard, generator),
             self._draw(self.background_ids, n_background - n_hard, generator),
         ])
-        return iter(chosen[torch.randperm(len(chosen), generator=generator)].tolist())
+        chosen = chosen[torch.randperm(len(chosen), generator=generator)]
+        return iter(chosen[self.rank : len(self) * self.num_replicas : self.num_replicas].tolist())
 
 
 def _to_tensors(image: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
@@ -126,12 +144,24 @@ class _PhotoArrays:
 
 class TileDataset(Dataset):
     """Tile ``i`` of the index, augmented: ``{"image": uint8 (3, t, t), "mask": float (1, t, t),
-    "tile": i}``."""
+    "tile": i}``.
+
+    An albumentations ``transform`` keeps its own random state, deaf to global seeds: it is
+    seeded once per process (loader workers included) from torch's generator, which
+    ``seed_everything(workers=True)`` seeds per rank and worker, so augmentation is reproducible
+    and differs between workers.
+    """
 
     def __init__(self, pairs: Sequence[CachedPair], index: TileIndex, transform: Callable | None = None):
         self.arrays = _PhotoArrays(pairs)
         self.index = index
         self.transform = transform
+        self._seeded_in: int | None = None  # the process that seeded the transform
+
+    def _seed_transform(self) -> None:
+        if self._seeded_in != os.getpid() and hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(int(torch.randint(2**31, ())))
+            self._seeded_in = os.getpid()
 
     def __len__(self) -> int:
         return len(self.index)
@@ -146,6 +176,7 @@ class TileDataset(Dataset):
             image = np.pad(image, (*pad, (0, 0)), mode="reflect")
             mask = np.pad(mask, pad, mode="reflect")
         if self.transform is not None:
+            self._seed_transform()
             out = self.transform(image=np.ascontiguousarray(image), mask=np.ascontiguousarray(mask))
             image, mask = out["image"], out["mask"]
         return {**_to_tensors(image, mask), "tile": i}

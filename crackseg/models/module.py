@@ -67,6 +67,7 @@ class CrackSegModule(pl.LightningModule):
         self.val_metrics = segmentation_metrics(threshold, "val/")
         self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
         self.val_dice_best = MaxMetric()
+        self.val_dice_best.persistent(True)  # in the checkpoint's state_dict: a resumed run keeps its best
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.float() / 255 - self.mean) / self.std
@@ -82,9 +83,6 @@ class CrackSegModule(pl.LightningModule):
         hp = self.hparams
         return sliding_window(image, self.predict_probabilities, hp.val_tile, hp.val_overlap, hp.val_batch_size,
                               full_batches=image.device.type == "cuda")
-
-    def on_train_start(self) -> None:
-        self.val_dice_best.reset()  # forget the sanity check's score
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         """The loss, and per tile the background pixels taken for crack (for hard-negative mining)."""
@@ -107,13 +105,16 @@ class CrackSegModule(pl.LightningModule):
             self._log_panel(batch_idx, batch["image"][0], mask, prob)
 
     def on_validation_epoch_end(self) -> None:
+        # compute() syncs the pooled states across ranks, so every value is already the same on
+        # every rank; sync_dist=True (a mean of equal values) tells Lightning it is global
         metrics = self.val_metrics.compute()
         self.val_metrics.reset()
-        self.val_dice_best(metrics["val/dice"])
-        self.log_dict(metrics, prog_bar=True)
-        self.log("val/loss", self.val_loss.compute())
+        self.log_dict(metrics, prog_bar=True, sync_dist=True)
+        self.log("val/loss", self.val_loss.compute(), sync_dist=True)
         self.val_loss.reset()
-        self.log("val/dice_best", self.val_dice_best.compute(), prog_bar=True)
+        if not self.trainer.sanity_checking:  # the sanity check's score on a few photos is no best
+            self.val_dice_best(metrics["val/dice"])
+            self.log("val/dice_best", self.val_dice_best.compute(), prog_bar=True, sync_dist=True)
 
     def _log_panel(self, index: int, image: torch.Tensor, mask: torch.Tensor, prob: torch.Tensor) -> None:
         """Photo | truth | prediction, on a window around the photo's cracks, to TensorBoard."""
