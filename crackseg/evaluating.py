@@ -32,10 +32,11 @@ def split_pairs(data: DictConfig, split: str) -> list[Pair]:
     if data.get("synthetic"):
         synthetic.ensure(data.root, **data.synthetic)
     root = Path(data.root)
-    if split in (data.train_split, data.val_split):
+    split_dir = root / "images" / split
+    if split == data.train_split or (split == data.val_split and not split_dir.is_dir()):
         train, val = find_splits(root, data.train_split, data.val_split, data.val_fraction, data.split_seed)
-        return val if split == data.val_split else train
-    return match_pairs(root / "images" / split, root / "masks" / split)
+        return train if split == data.train_split else val
+    return match_pairs(split_dir, root / "masks" / split)
 
 
 def distractor_mask(photo: Path, shape: tuple[int, int], margin: int = 2) -> np.ndarray | None:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
-from crackseg.evaluating import evaluate
+from crackseg.evaluating import evaluate, split_pairs
 from crackseg.evaluation import metrics
 from crackseg.inference.predictor import load_model, threshold_path
 from crackseg.io import write_image
@@ -112,3 +113,22 @@ def test_command_prints_the_result_as_its_last_line_and_fails_clearly(red_checkp
     assert missing.returncode != 0 and "none.ckpt" in missing.stderr
     no_split = subprocess.run(args[:5] + ["data.split=nope"] + args[6:], capture_output=True, text=True, cwd=ROOT)
     assert no_split.returncode != 0 and "nope" in no_split.stderr
+
+
+def test_splits_are_the_ones_training_saw(dataset, tmp_path):
+    root, _ = dataset
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        data = compose("evaluate", overrides=["ckpt=x", "data=folder", f"data.root={root}"]).data
+    assert [p.name for p, _ in split_pairs(data, "val")] == ["val0.png", "val1.png"]
+    assert [p.name for p, _ in split_pairs(data, "test")] == ["test0.png", "test1.png", "test2.png"]
+    only_val = tmp_path / "only_val"
+    for kind in ("images", "masks"):
+        shutil.copytree(root / kind / "val", only_val / kind / "val")
+    data.root = str(only_val)
+    assert len(split_pairs(data, "val")) == 2  # no train folder needed
+    carved = tmp_path / "carved"
+    for kind in ("images", "masks"):
+        shutil.copytree(root / kind / "test", carved / kind / "train")
+    data.root = str(carved)
+    train, val = split_pairs(data, "train"), split_pairs(data, "val")
+    assert len(train) + len(val) == 3 and not {p for p, _ in train} & {p for p, _ in val}
