@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from crackseg.exporting import export
 from crackseg.inference.onnx import OnnxModel
 from crackseg.inference.predictor import CheckpointError, Predictor, load_for_prediction, load_model
+from crackseg.io import write_image
 from crackseg.predicting import predict
 from tests.conftest import ROOT
 from tests.test_predict import _copy_photos, _predict_cfg, checkpoint  # noqa: F401 - the trained fixture
@@ -80,9 +81,13 @@ def test_foreign_onnx_model_is_refused(tmp_path):
         OnnxModel(tmp_path / "other.onnx")
 
 
-def test_cli_exits_non_zero_on_a_missing_checkpoint_or_format(checkpoint, tmp_path):  # noqa: F811
+def test_clis_exit_non_zero_on_bad_input(checkpoint, tmp_path):  # noqa: F811
     for args, message in [([f"ckpt={tmp_path / 'none.ckpt'}"], "checkpoint not found"),
                           ([f"ckpt={checkpoint}", "format=tflite"], "format must be onnx")]:
         result = subprocess.run([sys.executable, str(ROOT / "export.py"), *args, f"hydra.run.dir={tmp_path / 'run'}"],
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode != 0 and message in result.stderr
+    write_image(tmp_path / "p.png", np.zeros((8, 8, 3), np.uint8))
+    result = subprocess.run([sys.executable, str(ROOT / "predict.py"), f"ckpt={tmp_path / 'none.onnx'}", f"input={tmp_path}",
+                             f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and f"ONNX model not found: {tmp_path / 'none.onnx'}" in result.stderr
