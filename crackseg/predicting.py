@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from crackseg.inference.predictor import Predictor, load_model, resolve_device
+from crackseg.inference.predictor import Predictor, load_for_prediction
 from crackseg.io import IMAGE_SUFFIXES, ImageReadError, read_mask, read_photo
 from crackseg.measure import measure_mask
 from crackseg.report.batch import write_batch_outputs
@@ -50,13 +50,14 @@ def predict(cfg: DictConfig) -> int:
     """
     photos = find_photos(str(cfg.input))
     settings = measure_settings(cfg)
-    device = resolve_device(cfg.device)
-    model = load_model(cfg.ckpt, device)
+    model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device)
     threshold = float(cfg.threshold if cfg.threshold is not None else model.hparams.threshold)
-    predictor = Predictor(model, cfg.scales, cfg.tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision, cfg.compile)
+    tile = int(cfg.tile if cfg.tile is not None else model.hparams.val_tile)
+    predictor = Predictor(model, cfg.scales, tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision, cfg.compile)
     output_dir = Path(cfg.output)
     output_dir.mkdir(parents=True, exist_ok=True)
-    log.info("%d photo(s) -> %s on %s, scales %s, threshold %.3f", len(photos), output_dir, device, list(cfg.scales), threshold)
+    log.info("%d photo(s) -> %s on %s (%s), scales %s, tile %d, threshold %.3f", len(photos), output_dir, model.device,
+             type(model).__name__, list(cfg.scales), tile, threshold)
 
     stems = [p.stem for p in photos]
     duplicates = {s for s in stems if stems.count(s) > 1}
@@ -100,7 +101,7 @@ def predict(cfg: DictConfig) -> int:
         rows.append(row)
     write_summary(output_dir / "summary.csv", rows)
     if cfg.measure:
-        write_batch_outputs(output_dir, rows, _report_settings(cfg, threshold, settings))
+        write_batch_outputs(output_dir, rows, _report_settings(cfg, tile, threshold, settings))
     log.info("done: %d ok, %d skipped, %d failed; summary: %s", sum(r["status"].startswith("ok") for r in rows),
              sum(r["status"].startswith("skipped") for r in rows), failed, output_dir / "summary.csv")
     return failed
@@ -114,7 +115,7 @@ def _measured(paths: dict[str, Path], settings: dict) -> dict | None:
     return document if document and document.get("settings") == settings else None
 
 
-def _report_settings(cfg: DictConfig, threshold: float, settings: dict) -> dict:
+def _report_settings(cfg: DictConfig, tile: int, threshold: float, settings: dict) -> dict:
     return {"checkpoint": cfg.ckpt, "input": cfg.input, "output": cfg.output, "scales": list(cfg.scales),
-            "tile": cfg.tile, "overlap": cfg.overlap, "blend": cfg.blend, "threshold": threshold,
+            "tile": tile, "overlap": cfg.overlap, "blend": cfg.blend, "threshold": threshold,
             "device": cfg.device, "precision": cfg.precision, **settings}

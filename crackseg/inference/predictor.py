@@ -6,6 +6,7 @@ import contextlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 import numpy as np
@@ -16,6 +17,9 @@ from torch import nn
 from crackseg.inference.tiling import count_tiles, sliding_window
 from crackseg.io import atomic_write_bytes
 from crackseg.models.module import CrackSegModule
+
+if TYPE_CHECKING:
+    from crackseg.inference.onnx import OnnxModel
 
 _MODULE_KEYS = ("threshold", "mean", "std", "val_tile", "val_overlap", "val_batch_size", "channels_last")
 
@@ -75,6 +79,23 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> CrackSeg
     return module.eval().to(device)
 
 
+def load_for_prediction(path: str | Path, backend: str = "auto", device: str = "auto") -> CrackSegModule | OnnxModel:
+    """The model ``predict.py`` runs: a checkpoint in PyTorch on ``device`` (backend ``torch``) or
+    a file written by ``export.py`` in ONNX Runtime on the CPU (``onnxruntime``); ``auto`` picks
+    ``onnxruntime`` for a ``.onnx`` file, else ``torch``."""
+    if backend not in ("auto", "torch", "onnxruntime"):
+        raise ValueError(f"backend must be auto, torch or onnxruntime, got {backend!r}")
+    if backend == "auto":
+        backend = "onnxruntime" if Path(path).suffix.lower() == ".onnx" else "torch"
+    if backend == "torch":
+        return load_model(path, resolve_device(device))
+    if device not in ("auto", "cpu"):
+        raise ValueError(f"backend=onnxruntime runs on the CPU: use device=cpu or auto, not {device}")
+    from crackseg.inference.onnx import OnnxModel
+
+    return OnnxModel(path)
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -83,11 +104,13 @@ def resolve_device(device: str) -> torch.device:
 
 class Predictor:
     """Crack probability ``(H, W)`` float32 of an RGB ``uint8`` photo: the mean over ``scales``
-    of gaussian-blended sliding-window predictions, each brought back to source resolution."""
+    of gaussian-blended sliding-window predictions, each brought back to source resolution.
+    ``model`` is a :class:`CrackSegModule` or an exported one (``crackseg.inference.onnx.OnnxModel``),
+    which runs in fp32, uncompiled, on full batches (one input shape)."""
 
     def __init__(
         self,
-        model: CrackSegModule,
+        model: CrackSegModule | OnnxModel,
         scales: Sequence[float] = (1, 2, 0.5),
         tile: int = 256,
         overlap: float = 0.25,
@@ -98,6 +121,9 @@ class Predictor:
     ):
         if precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+        self.exported = not isinstance(model, nn.Module)
+        if self.exported and (precision != "fp32" or compile):
+            raise ValueError("an exported (ONNX) model runs in precision=fp32 with compile=false")
         self.model = model
         self.device = model.device
         self.scales, self.tile, self.overlap = list(scales), tile, overlap
@@ -126,5 +152,5 @@ class Predictor:
         image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).to(self.device)
         prob = sliding_window(image, self._predict_tiles, self.tile, self.overlap, self.batch_size,
                               self.blend, self.scales, progress,
-                              full_batches=self.compiled or self.device.type == "cuda")  # one input shape
+                              full_batches=self.compiled or self.exported or self.device.type == "cuda")  # one input shape
         return prob[0].cpu().numpy()

@@ -23,8 +23,9 @@ class PadToMultiple(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         pad_h, pad_w = -h % self.multiple, -w % self.multiple
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+        exporting = torch.compiler.is_exporting()  # one graph for every size: always pad (maybe by 0)
+        if exporting or pad_h or pad_w:
+            mode = "reflect" if exporting or (pad_h < h and pad_w < w) else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         return self.net(x)[..., :h, :w]
 

@@ -1,0 +1,95 @@
+"""Export a trained module to ONNX, and run the exported model with ONNX Runtime on the CPU.
+
+The exported graph is ``predict_probabilities``: float tiles ``(N, 3, H, W)`` in [0, 255] in,
+crack probabilities ``(N, 1, H, W)`` out (normalisation and sigmoid inside), with dynamic N, H
+and W. The model's threshold and tile size travel as ONNX metadata (``metadata_props``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+
+from crackseg.inference.predictor import CheckpointError
+from crackseg.io import atomic_write_bytes
+from crackseg.models.module import CrackSegModule
+
+THRESHOLD_KEY, TILE_KEY = "crackseg.threshold", "crackseg.tile"
+INPUT_NAME, OUTPUT_NAME = "tiles", "probabilities"
+
+
+class _Probabilities(nn.Module):
+    def __init__(self, model: CrackSegModule):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        return self.model.predict_probabilities(tiles)
+
+
+def export_onnx(model: CrackSegModule, path: str | Path, opset: int = 18, atol: float = 1e-4) -> Path:
+    """Write ``model`` to ``path`` as ONNX (torch.export-based exporter) with its threshold and
+    tile as metadata; the file is checked against PyTorch on a tile of another size first."""
+    import onnx
+
+    path, tile = Path(path), int(model.hparams.val_tile)
+    model = model.cpu().eval()
+    example = torch.rand(2, 3, tile, tile, generator=torch.Generator().manual_seed(0)) * 255
+    dynamic = torch.export.Dim.DYNAMIC
+    program = torch.onnx.export(_Probabilities(model).eval(), (example,), dynamo=True, opset_version=opset,
+                                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                dynamic_shapes={"tiles": {0: dynamic, 2: dynamic, 3: dynamic}}, verbose=False)
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, {THRESHOLD_KEY: repr(float(model.hparams.threshold)), TILE_KEY: str(tile)})
+    data = proto.SerializeToString()
+    check = example[:1, :, : tile - 3, : tile + 5]  # another batch, height and width
+    with torch.no_grad():
+        expected = model.predict_probabilities(check).numpy()
+    error = float(np.abs(OnnxModel.from_bytes(data, path).run(check.numpy()) - expected).max())
+    if not error <= atol:
+        raise RuntimeError(f"the exported model differs from PyTorch by {error:.2g} (> {atol}): {path}")
+    atomic_write_bytes(path, data)
+    return path
+
+
+class OnnxModel:
+    """An exported crackseg model in an ONNX Runtime session (CPU): ``predict_probabilities``
+    takes and returns tensors like :class:`CrackSegModule`'s, so :class:`Predictor` runs it."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"ONNX model not found: {path}")
+        self._init(path.read_bytes(), path)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: str | Path) -> OnnxModel:
+        model = cls.__new__(cls)
+        model._init(data, Path(path))
+        return model
+
+    def _init(self, data: bytes, path: Path) -> None:
+        import onnxruntime as ort
+
+        try:
+            self.session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - ORT raises its own classes for every kind of bad file
+            raise CheckpointError(f"not a readable ONNX model: {path} ({err})") from err
+        meta = self.session.get_modelmeta().custom_metadata_map
+        inputs = self.session.get_inputs()
+        if THRESHOLD_KEY not in meta or TILE_KEY not in meta or [i.name for i in inputs] != [INPUT_NAME]:
+            raise CheckpointError(f"not an ONNX model exported by crackseg (export.py): {path}")
+        # under the names the checkpoint's module has them
+        self.hparams = SimpleNamespace(threshold=float(meta[THRESHOLD_KEY]), val_tile=int(meta[TILE_KEY]))
+
+    def run(self, tiles: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {INPUT_NAME: np.ascontiguousarray(tiles, dtype=np.float32)})[0]
+
+    def predict_probabilities(self, tiles: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.run(tiles.cpu().numpy()))

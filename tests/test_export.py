@@ -1,0 +1,93 @@
+"""export.py: ONNX export, parity with PyTorch, prediction with ONNX Runtime, bad files."""
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from crackseg.exporting import export
+from crackseg.inference.onnx import OnnxModel
+from crackseg.inference.predictor import CheckpointError, Predictor, load_for_prediction, load_model
+from crackseg.io import write_image
+from crackseg.predicting import predict
+from tests.conftest import ROOT
+from tests.test_predict import _copy_photos, _predict_cfg, checkpoint  # noqa: F401 - the trained fixture
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory):  # noqa: F811
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("export", overrides=[f"ckpt={checkpoint}", f"out={tmp_path_factory.mktemp('onnx') / 'm.onnx'}"])
+    return export(cfg)
+
+
+def test_onnx_matches_pytorch_at_any_batch_and_size(checkpoint, exported):  # noqa: F811
+    model, session = load_model(checkpoint), OnnxModel(exported)
+    for shape in [(3, 3, 64, 64), (1, 3, 50, 90)]:
+        tiles = torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 255
+        with torch.no_grad():
+            expected = model.predict_probabilities(tiles).numpy()
+        result = session.run(tiles.numpy())
+        assert result.shape == (shape[0], 1, *shape[2:])
+        np.testing.assert_allclose(result, expected, atol=1e-4)
+    meta = {p.key: p.value for p in onnx.load(exported).metadata_props}
+    assert meta == {"crackseg.threshold": "0.5", "crackseg.tile": "64"}
+    assert session.hparams.threshold == 0.5 and session.hparams.val_tile == 64
+
+
+def test_predict_with_onnx_runtime_matches_the_checkpoint(checkpoint, exported, tiny_dataset, tmp_path):  # noqa: F811
+    photo = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    model = load_for_prediction(exported)
+    assert isinstance(model, OnnxModel)
+    prob = Predictor(model, scales=[1, 2, 0.5], tile=64, batch_size=4)(photo)
+    expected = Predictor(load_model(checkpoint), scales=[1, 2, 0.5], tile=64, batch_size=4)(photo)
+    np.testing.assert_allclose(prob, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="fp32 with compile=false"):
+        Predictor(model, precision="bf16")
+
+    photos = _copy_photos(tiny_dataset, tmp_path / "in", n=1)
+    masks = {}
+    for name, ckpt in [("torch", checkpoint), ("onnx", exported)]:
+        cfg = _predict_cfg(ckpt=str(ckpt), input=str(photos), output=str(tmp_path / name), measure=False)
+        cfg.tile = None  # the model's: 64 in the checkpoint and in the ONNX metadata
+        assert predict(cfg) == 0
+        masks[name] = next((tmp_path / name).glob("*_mask.png")).read_bytes()
+    assert masks["onnx"] == masks["torch"]
+
+
+def test_bad_onnx_files_and_backends_raise_clear_errors(checkpoint, tmp_path):  # noqa: F811
+    with pytest.raises(CheckpointError, match="ONNX model not found: .*missing.onnx"):
+        load_for_prediction(tmp_path / "missing.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="not a readable ONNX model: .*junk.onnx"):
+        load_for_prediction(tmp_path / "junk.onnx")
+    with pytest.raises(CheckpointError, match="not a readable ONNX model"):
+        load_for_prediction(checkpoint, backend="onnxruntime")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_for_prediction(tmp_path / "junk.onnx", backend="torch")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        load_for_prediction(tmp_path / "junk.onnx", device="cuda")
+    with pytest.raises(ValueError, match="backend must be"):
+        load_for_prediction(checkpoint, backend="tensorrt")
+
+
+def test_foreign_onnx_model_is_refused(tmp_path):
+    torch.onnx.export(torch.nn.Conv2d(3, 1, 1).eval(), (torch.zeros(1, 3, 8, 8),), tmp_path / "other.onnx", dynamo=True)
+    with pytest.raises(CheckpointError, match="not an ONNX model exported by crackseg"):
+        OnnxModel(tmp_path / "other.onnx")
+
+
+def test_clis_exit_non_zero_on_bad_input(checkpoint, tmp_path):  # noqa: F811
+    for args, message in [([f"ckpt={tmp_path / 'none.ckpt'}"], "checkpoint not found"),
+                          ([f"ckpt={checkpoint}", "format=tflite"], "format must be onnx")]:
+        result = subprocess.run([sys.executable, str(ROOT / "export.py"), *args, f"hydra.run.dir={tmp_path / 'run'}"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0 and message in result.stderr
+    write_image(tmp_path / "p.png", np.zeros((8, 8, 3), np.uint8))
+    result = subprocess.run([sys.executable, str(ROOT / "predict.py"), f"ckpt={tmp_path / 'none.onnx'}", f"input={tmp_path}",
+                             f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and f"ONNX model not found: {tmp_path / 'none.onnx'}" in result.stderr
