@@ -128,7 +128,8 @@ class Predictor:
         self.device = model.device
         self.scales, self.tile, self.overlap = list(scales), tile, overlap
         self.batch_size, self.blend, self.precision = batch_size, blend, precision
-        self.compiled = compile
+        # one input shape where a new shape costs: compiling, ONNX Runtime, cuDNN's kernel choice
+        self.full_batches = compile or self.exported or self.device.type == "cuda"
         self._forward = model.predict_probabilities
         if compile:  # inductor with frozen weights (BN folded): one compile per process, then faster tiles
             self._forward = torch.compile(model.predict_probabilities, dynamic=False, options={"freezing": True})
@@ -151,6 +152,5 @@ class Predictor:
     def __call__(self, photo: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
         image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).to(self.device)
         prob = sliding_window(image, self._predict_tiles, self.tile, self.overlap, self.batch_size,
-                              self.blend, self.scales, progress,
-                              full_batches=self.compiled or self.exported or self.device.type == "cuda")  # one input shape
+                              self.blend, self.scales, progress, self.full_batches)
         return prob[0].cpu().numpy()
