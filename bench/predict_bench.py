@@ -3,10 +3,14 @@
     python bench/predict_bench.py [--size 4000x3000] [--model unet] [--scales 1 2 0.5]
                                   [--tile 256] [--overlap 0.25] [--batch-size 8]
                                   [--skip model_only monai] [--device auto] [--precision fp32] [--compile]
+                                  [--backend auto|torch|onnxruntime]
 
 Routes, each in its own process so that its peak RSS is its own:
-- crackseg: ``Predictor`` (tiles resampled from the source, accumulated at source resolution);
-- model-only: a forward of as many random tiles of the same shape in full batches (the floor);
+- crackseg: ``Predictor`` (tiles resampled from the source, accumulated at source resolution),
+  with the model in PyTorch or, as predict.py runs it on the CPU by default, exported to ONNX
+  (in a process of its own, before the timed routes) and run by ONNX Runtime;
+- model-only: a forward of as many random tiles of the same shape in full batches, with the same
+  backend (the floor);
 - monai: the plain route a user would otherwise take: per scale, resize the whole photo, MONAI
   ``sliding_window_inference`` (gaussian, same tile/overlap/batch) with the model in PyTorch's
   default NCHW layout, resize back, average (``pip install monai``).
@@ -84,6 +88,25 @@ def _model(name: str, channels_last: bool = True):
     return hydra.utils.instantiate(cfg.model, net_config=OmegaConf.to_yaml(cfg.model.net)).eval()
 
 
+def _predicting_model(args, device):
+    """The model a route predicts with: the composed one in PyTorch, or its ONNX export."""
+    if args.backend == "onnxruntime":
+        from crackseg.inference.onnx import OnnxModel
+
+        return OnnxModel(args.onnx)
+    return _model(args.model).to(device)
+
+
+def route_export(args) -> dict:
+    from crackseg.inference.onnx import export_onnx
+
+    model = _model(args.model)
+    model.hparams.val_tile = args.tile
+    started = time.perf_counter()
+    export_onnx(model, args.onnx)
+    return {"export_s": time.perf_counter() - started}
+
+
 def route_crackseg(args) -> dict:
     import torch
 
@@ -92,12 +115,12 @@ def route_crackseg(args) -> dict:
 
     device = _device(args.device)
     photo = read_photo(args.photo)
-    predictor = Predictor(_model(args.model).to(device), args.scales, args.tile, args.overlap, args.batch_size,
+    predictor = Predictor(_predicting_model(args, device), args.scales, args.tile, args.overlap, args.batch_size,
                           precision=args.precision, compile=args.compile)
     baseline = _rss_gib()
     started = _sync(device)
-    if device.type == "cuda" or args.compile:
-        predictor(photo[: args.tile, : args.tile])  # warm-up: CUDA context and kernel choice, or compilation
+    if predictor.full_batches:  # warm-up: CUDA context and kernel choice, compilation, ONNX Runtime's first run
+        predictor(photo[: args.tile, : args.tile])
     warm_up = _sync(device) - started
     started = _sync(device)
     prob = predictor(photo)
@@ -115,7 +138,7 @@ def route_model_only(args) -> dict:
     from crackseg.inference.predictor import Predictor
 
     device = _device(args.device)
-    predict_tiles = Predictor(_model(args.model).to(device), precision=args.precision,
+    predict_tiles = Predictor(_predicting_model(args, device), precision=args.precision,
                               compile=args.compile)._predict_tiles
     batch = torch.randint(0, 256, (args.batch_size, 3, args.tile, args.tile), dtype=torch.uint8, device=device).float()
     with torch.no_grad():
@@ -158,13 +181,14 @@ def route_monai(args) -> dict:
             "gpu_peak_gib": _gpu_peak_gib(device)}
 
 
-ROUTES = {"crackseg": route_crackseg, "model_only": route_model_only, "monai": route_monai}
+ROUTES = {"export": route_export, "crackseg": route_crackseg, "model_only": route_model_only, "monai": route_monai}
 
 
 def _run_route(route: str, args, extra: list[str]) -> dict:
     command = [sys.executable, __file__, "--route", route, "--photo", str(args.photo), "--model", args.model,
                "--tile", str(args.tile), "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
                "--device", args.device, "--precision", args.precision, *(["--compile"] if args.compile else []),
+               "--backend", args.backend, "--onnx", str(args.onnx),
                "--scales", *map(str, args.scales), *extra]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -183,7 +207,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the crackseg route (warm-up reported apart)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
+                        help="the crackseg and model-only routes' model; auto: as predict.py (ONNX Runtime on "
+                             "the CPU in fp32 without --compile, else PyTorch)")
     parser.add_argument("--route", choices=ROUTES, help=argparse.SUPPRESS)
+    parser.add_argument("--onnx", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--photo", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tiles", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -196,10 +224,14 @@ def main() -> None:
     from crackseg.data.synthetic import render
     from crackseg.io import write_image
 
+    if args.backend == "auto":
+        on_cpu = args.device == "cpu" or (args.device == "auto" and _device("auto").type == "cpu")
+        args.backend = "onnxruntime" if on_cpu and args.precision == "fp32" and not args.compile else "torch"
     width, height = (int(v) for v in args.size.lower().split("x"))
     with tempfile.TemporaryDirectory() as tmp:
-        args.photo = Path(tmp) / "photo.jpg"
+        args.photo, args.onnx = Path(tmp) / "photo.jpg", Path(tmp) / "model.onnx"
         write_image(args.photo, render(0, width, height)[0], jpeg_quality=92)
+        export = _run_route("export", args, []) if args.backend == "onnxruntime" else None
         ours = _run_route("crackseg", args, [])
         floor = None if "model_only" in args.skip else _run_route("model_only", args, ["--tiles", str(ours["tiles"])])
         monai = None if "monai" in args.skip else _run_route("monai", args, [])
@@ -208,12 +240,14 @@ def main() -> None:
         "device": ours["device"],
         "precision": args.precision,
         "compile": args.compile,
+        "backend": args.backend,
         "scales": args.scales,
         "model": args.model,
         "tiles": ours["tiles"],
         "torch_threads": ours["threads"],
         "wall_s": round(ours["wall_s"], 2),
         "warm_up_s": round(ours["warm_up_s"], 2),
+        "export_s": export and round(export["export_s"], 1),
         "model_only_s": floor and round(floor["wall_s"], 2),
         "overhead_ratio": floor and round(ours["wall_s"] / floor["wall_s"], 3),
         "source_mp_per_s": round(width * height / 1e6 / ours["wall_s"], 3),

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from crackseg.data import synthetic
 from crackseg.data.folder import Pair, find_splits, match_pairs
 from crackseg.evaluation import metrics
-from crackseg.inference.predictor import Predictor, load_model, resolve_device, write_threshold
+from crackseg.inference.predictor import Predictor, load_for_prediction, write_threshold
 from crackseg.io import atomic_write_bytes, read_mask, read_pair
 
 log = logging.getLogger(__name__)
@@ -73,13 +73,12 @@ def evaluate(cfg: DictConfig) -> dict:
     pairs = split_pairs(cfg.data, cfg.data.split)
     if not pairs:
         raise FileNotFoundError(f"no photos in split {cfg.data.split!r} of {cfg.data.root}")
-    device = resolve_device(cfg.device)
-    model = load_model(cfg.ckpt, device)
+    model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device, cfg.precision, cfg.compile, cfg.onnx_cache)
     threshold = float(cfg.threshold if cfg.threshold is not None else model.hparams.threshold)
     predictor = Predictor(model, cfg.scales, cfg.tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision, cfg.compile)
     output = Path(cfg.output)
-    log.info("%d photo(s) of %s/%s on %s, scales %s, threshold %.3f", len(pairs), cfg.data.root, cfg.data.split,
-             device, list(cfg.scales), threshold)
+    log.info("%d photo(s) of %s/%s on %s (%s), scales %s, threshold %.3f", len(pairs), cfg.data.root, cfg.data.split,
+             model.device, type(model).__name__, list(cfg.scales), threshold)
 
     exact, tolerant, histograms, rows = metrics.Counts(), metrics.ToleranceCounts(), [], []
     distractor_fp, distractor_mp = 0, 0.0
@@ -123,7 +122,7 @@ def evaluate(cfg: DictConfig) -> dict:
     result = {k: round(v, 4) if isinstance(v, float) and "threshold" not in k else v for k, v in result.items()}
 
     settings = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k]
-                for k in ("tile", "overlap", "blend", "batch_size", "tolerance", "device", "precision", "compile")}
+                for k in ("tile", "overlap", "blend", "batch_size", "tolerance", "backend", "device", "precision", "compile")}
     report = {**result, "settings": settings,
               "pr_curve": {"threshold": metrics.THRESHOLDS.tolist(), "precision": precision_curve.tolist(),
                            "recall": recall_curve.tolist()},

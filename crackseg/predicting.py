@@ -50,7 +50,7 @@ def predict(cfg: DictConfig) -> int:
     """
     photos = find_photos(str(cfg.input))
     settings = measure_settings(cfg)
-    model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device)
+    model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device, cfg.precision, cfg.compile, cfg.onnx_cache)
     threshold = float(cfg.threshold if cfg.threshold is not None else model.hparams.threshold)
     tile = int(cfg.tile if cfg.tile is not None else model.hparams.val_tile)
     predictor = Predictor(model, cfg.scales, tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision, cfg.compile)

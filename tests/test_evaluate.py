@@ -70,7 +70,7 @@ def dataset(tmp_path_factory):
 def _cfg(ckpt, root, out, *overrides):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         return compose("evaluate", overrides=[f"ckpt={ckpt}", "data=folder", f"data.root={root}", f"output={out}",
-                                              "tile=32", "scales=[1]", *overrides])
+                                              "tile=32", "scales=[1]", "backend=torch", *overrides])
 
 
 def test_metrics_equal_the_counts_of_the_known_predictions(red_checkpoint, dataset, tmp_path):
@@ -104,7 +104,8 @@ def test_val_evaluation_stores_the_ods_threshold_for_prediction(red_checkpoint, 
 def test_command_prints_the_result_as_its_last_line_and_fails_clearly(red_checkpoint, dataset, tmp_path):
     root, _ = dataset
     args = [sys.executable, str(ROOT / "evaluate.py"), f"ckpt={red_checkpoint}", "data=folder", f"data.root={root}",
-            "data.split=test", "tile=32", "save_threshold=false", f"hydra.run.dir={tmp_path / 'run'}"]
+            "data.split=test", "tile=32", "save_threshold=false", f"onnx_cache={tmp_path / 'onnx'}",
+            f"hydra.run.dir={tmp_path / 'run'}"]
     done = subprocess.run(args, capture_output=True, text=True, check=True, cwd=ROOT)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert {"dice", "iou", "precision", "recall", "f1_2px", "ods", "ois", "threshold", "photos"} <= result.keys()

@@ -1,5 +1,6 @@
 """export.py: ONNX export, parity with PyTorch, prediction with ONNX Runtime, bad files."""
 
+import logging
 import subprocess
 import sys
 
@@ -10,9 +11,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from crackseg.exporting import export
+from crackseg.inference import onnx as onnx_module
 from crackseg.inference.onnx import OnnxModel
-from crackseg.inference.predictor import CheckpointError, Predictor, load_for_prediction, load_model
+from crackseg.inference.predictor import CheckpointError, Predictor, load_for_prediction, load_model, write_threshold
 from crackseg.io import write_image
+from crackseg.models.module import CrackSegModule
 from crackseg.predicting import predict
 from tests.conftest import ROOT
 from tests.test_predict import _copy_photos, _predict_cfg, checkpoint  # noqa: F401 - the trained fixture
@@ -51,12 +54,56 @@ def test_predict_with_onnx_runtime_matches_the_checkpoint(checkpoint, exported, 
 
     photos = _copy_photos(tiny_dataset, tmp_path / "in", n=1)
     masks = {}
-    for name, ckpt in [("torch", checkpoint), ("onnx", exported)]:
-        cfg = _predict_cfg(ckpt=str(ckpt), input=str(photos), output=str(tmp_path / name), measure=False)
+    for name, ckpt, backend in [("torch", checkpoint, "torch"), ("onnx", exported, "auto"), ("cached", checkpoint, "auto")]:
+        cfg = _predict_cfg(ckpt=str(ckpt), input=str(photos), output=str(tmp_path / name), measure=False,
+                           backend=backend, onnx_cache=str(tmp_path / "cache"))
         cfg.tile = None  # the model's: 64 in the checkpoint and in the ONNX metadata
         assert predict(cfg) == 0
         masks[name] = next((tmp_path / name).glob("*_mask.png")).read_bytes()
-    assert masks["onnx"] == masks["torch"]
+    assert masks["onnx"] == masks["torch"] == masks["cached"]
+    assert len(list((tmp_path / "cache").glob("*.onnx"))) == 1  # the default CPU route exported the checkpoint
+
+
+def test_checkpoint_on_cpu_runs_in_onnx_runtime_exported_once(checkpoint, tmp_path, monkeypatch, caplog):  # noqa: F811
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(checkpoint.read_bytes())
+    cache = tmp_path / "cache"
+    model = load_for_prediction(ckpt, onnx_cache=cache)
+    assert isinstance(model, OnnxModel) and model.hparams.threshold == 0.5 and model.hparams.val_tile == 64
+    [cached] = cache.glob("model-*.onnx")
+    tiles = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 255
+    with torch.no_grad():
+        np.testing.assert_allclose(model.predict_probabilities(tiles), load_model(ckpt).predict_probabilities(tiles),
+                                   atol=1e-4)
+
+    def no_export(*args, **kwargs):
+        raise RuntimeError("the exporter broke")
+
+    monkeypatch.setattr(onnx_module, "export_onnx", no_export)
+    write_threshold(ckpt, 0.37, {})  # chosen on validation after the export: it applies to the cached model
+    again = load_for_prediction(ckpt, onnx_cache=cache)
+    assert isinstance(again, OnnxModel) and again.hparams.threshold == 0.37 and list(cache.glob("*.onnx")) == [cached]
+
+    # not exportable (here: a new checkpoint and a broken exporter): PyTorch predicts, with a warning
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(checkpoint.read_bytes())
+    torch.save({**torch.load(other, weights_only=True), "epoch": 99}, other)
+    with caplog.at_level(logging.WARNING):
+        fallback = load_for_prediction(other, onnx_cache=cache)
+    assert isinstance(fallback, CrackSegModule) and "the exporter broke" in caplog.text
+    with pytest.raises(RuntimeError, match="the exporter broke"):
+        load_for_prediction(other, backend="onnxruntime", onnx_cache=cache)
+    # autocast or compile run in PyTorch; no cache folder: PyTorch
+    for options in [{"precision": "bf16"}, {"compile": True}, {"onnx_cache": None}]:
+        assert isinstance(load_for_prediction(other, **{"onnx_cache": cache, **options}), CrackSegModule)
+
+
+def test_onnx_file_takes_the_threshold_chosen_beside_it(exported, tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(exported.read_bytes())
+    assert OnnxModel(model).hparams.threshold == 0.5
+    write_threshold(model, 0.61, {})
+    assert OnnxModel(model).hparams.threshold == 0.61
 
 
 def test_bad_onnx_files_and_backends_raise_clear_errors(checkpoint, tmp_path):  # noqa: F811
@@ -65,8 +112,10 @@ def test_bad_onnx_files_and_backends_raise_clear_errors(checkpoint, tmp_path):  
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="not a readable ONNX model: .*junk.onnx"):
         load_for_prediction(tmp_path / "junk.onnx")
-    with pytest.raises(CheckpointError, match="not a readable ONNX model"):
+    with pytest.raises(ValueError, match="needs an onnx_cache folder"):
         load_for_prediction(checkpoint, backend="onnxruntime")
+    with pytest.raises(CheckpointError, match="checkpoint not found: .*none.ckpt"):
+        load_for_prediction(tmp_path / "none.ckpt", onnx_cache=tmp_path / "cache")
     with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
         load_for_prediction(tmp_path / "junk.onnx", backend="torch")
     with pytest.raises(ValueError, match="runs on the CPU"):

@@ -30,7 +30,8 @@ def checkpoint(tiny_dataset, tmp_path_factory):
 
 def _predict_cfg(**overrides):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("predict", overrides=["ckpt=x", "input=x", "output=x", "tile=64", "batch_size=4"])
+        cfg = compose("predict", overrides=["ckpt=x", "input=x", "output=x", "tile=64", "batch_size=4",
+                                                "backend=torch"])
     for key, value in overrides.items():
         cfg[key] = value
     return cfg

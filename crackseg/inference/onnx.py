@@ -7,6 +7,8 @@ and W. The model's threshold and tile size travel as ONNX metadata (``metadata_p
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,9 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from crackseg.inference.predictor import CheckpointError
+from crackseg.inference.predictor import CheckpointError, chosen_threshold
 from crackseg.io import atomic_write_bytes
 from crackseg.models.module import CrackSegModule
+
+log = logging.getLogger(__name__)
 
 THRESHOLD_KEY, TILE_KEY = "crackseg.threshold", "crackseg.tile"
 INPUT_NAME, OUTPUT_NAME = "tiles", "probabilities"
@@ -56,6 +60,21 @@ def export_onnx(model: CrackSegModule, path: str | Path, opset: int = 18, atol: 
     return path
 
 
+def cached_export(model: CrackSegModule, ckpt: str | Path, cache_dir: str | Path) -> OnnxModel:
+    """``model`` (loaded from ``ckpt``) in ONNX Runtime, exported once into ``cache_dir`` under the
+    hash of the checkpoint file, so a changed checkpoint is exported again; the threshold is the
+    module's (evaluate.py may store a new one beside the checkpoint after the export)."""
+    digest = hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()[:24]
+    path = Path(cache_dir) / f"{Path(ckpt).stem}-{digest}.onnx"
+    if not path.is_file():
+        log.info("exporting %s to ONNX once for CPU prediction (about a minute; backend=torch skips it): %s", ckpt, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(model, path)
+    exported = OnnxModel(path)
+    exported.hparams.threshold = float(model.hparams.threshold)
+    return exported
+
+
 class OnnxModel:
     """An exported crackseg model in an ONNX Runtime session (CPU): ``predict_probabilities``
     takes and returns tensors like :class:`CrackSegModule`'s, so :class:`Predictor` runs it."""
@@ -67,6 +86,9 @@ class OnnxModel:
         if not path.is_file():
             raise CheckpointError(f"ONNX model not found: {path}")
         self._init(path.read_bytes(), path)
+        chosen = chosen_threshold(path)  # evaluate.py's choice on validation data, as for checkpoints
+        if chosen is not None:
+            self.hparams.threshold = chosen
 
     @classmethod
     def from_bytes(cls, data: bytes, path: str | Path) -> OnnxModel:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,8 @@ from crackseg.models.module import CrackSegModule
 
 if TYPE_CHECKING:
     from crackseg.inference.onnx import OnnxModel
+
+log = logging.getLogger(__name__)
 
 _MODULE_KEYS = ("threshold", "mean", "std", "val_tile", "val_overlap", "val_batch_size", "channels_last")
 
@@ -70,30 +73,61 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> CrackSeg
     missing = [k for k in module.state_dict() if k.startswith("net.") and k not in weights]
     if missing:
         raise CheckpointError(f"checkpoint lacks {len(missing)} weights of its net, e.g. {missing[0]}: {path}")
-    chosen = threshold_path(path)
-    if chosen.is_file():
-        try:
-            module.hparams.threshold = float(json.loads(chosen.read_text())["threshold"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(f"unreadable threshold file {chosen}: {err}") from err
+    chosen = chosen_threshold(path)
+    if chosen is not None:
+        module.hparams.threshold = chosen
     return module.eval().to(device)
 
 
-def load_for_prediction(path: str | Path, backend: str = "auto", device: str = "auto") -> CrackSegModule | OnnxModel:
-    """The model ``predict.py`` runs: a checkpoint in PyTorch on ``device`` (backend ``torch``) or
-    a file written by ``export.py`` in ONNX Runtime on the CPU (``onnxruntime``); ``auto`` picks
-    ``onnxruntime`` for a ``.onnx`` file, else ``torch``."""
+def chosen_threshold(model_path: str | Path) -> float | None:
+    """The threshold evaluate.py stored beside a model file, or None."""
+    path = threshold_path(model_path)
+    if not path.is_file():
+        return None
+    try:
+        return float(json.loads(path.read_text())["threshold"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"unreadable threshold file {path}: {err}") from err
+
+
+def load_for_prediction(
+    path: str | Path,
+    backend: str = "auto",
+    device: str = "auto",
+    precision: str = "fp32",
+    compile: bool = False,
+    onnx_cache: str | Path | None = None,
+) -> CrackSegModule | OnnxModel:
+    """The model predict.py and evaluate.py run. ``torch``: the checkpoint in PyTorch on ``device``.
+    ``onnxruntime`` (CPU): a file written by export.py, or a checkpoint exported once into the
+    folder ``onnx_cache`` (cached by its content). ``auto``: onnxruntime for a ``.onnx`` file and
+    for a checkpoint run on the CPU in fp32 uncompiled when there is an ``onnx_cache`` (2.6x
+    faster per photo, BENCHMARKS.md; PyTorch, with a warning, if the export fails), else torch."""
     if backend not in ("auto", "torch", "onnxruntime"):
         raise ValueError(f"backend must be auto, torch or onnxruntime, got {backend!r}")
+    exported = Path(path).suffix.lower() == ".onnx"
+    chosen = backend
     if backend == "auto":
-        backend = "onnxruntime" if Path(path).suffix.lower() == ".onnx" else "torch"
-    if backend == "torch":
+        eager_cpu_fp32 = resolve_device(device).type == "cpu" and precision == "fp32" and not compile
+        chosen = "onnxruntime" if exported or (eager_cpu_fp32 and onnx_cache is not None) else "torch"
+    if chosen == "torch":
         return load_model(path, resolve_device(device))
     if device not in ("auto", "cpu"):
         raise ValueError(f"backend=onnxruntime runs on the CPU: use device=cpu or auto, not {device}")
-    from crackseg.inference.onnx import OnnxModel
+    from crackseg.inference.onnx import OnnxModel, cached_export
 
-    return OnnxModel(path)
+    if exported:
+        return OnnxModel(path)
+    if onnx_cache is None:
+        raise ValueError(f"backend=onnxruntime with a checkpoint needs an onnx_cache folder to export it to: {path}")
+    model = load_model(path)  # a bad checkpoint is reported as such, not as a failed export
+    try:
+        return cached_export(model, path, onnx_cache)
+    except Exception as err:  # noqa: BLE001 - any exporter or runtime failure: PyTorch still predicts
+        if backend == "onnxruntime":
+            raise
+        log.warning("running PyTorch: the ONNX export of %s failed (%s: %s)", path, type(err).__name__, err)
+        return model
 
 
 def resolve_device(device: str) -> torch.device:
