@@ -104,7 +104,7 @@ def route_export(args) -> dict:
     model.hparams.val_tile = args.tile
     started = time.perf_counter()
     export_onnx(model, args.onnx)
-    return {"export_s": time.perf_counter() - started}
+    return {"export_s": time.perf_counter() - started, "peak_rss_gib": _peak_rss_gib()}
 
 
 def route_crackseg(args) -> dict:
@@ -248,6 +248,7 @@ def main() -> None:
         "wall_s": round(ours["wall_s"], 2),
         "warm_up_s": round(ours["warm_up_s"], 2),
         "export_s": export and round(export["export_s"], 1),
+        "export_peak_rss_gib": export and round(export["peak_rss_gib"], 3),
         "model_only_s": floor and round(floor["wall_s"], 2),
         "overhead_ratio": floor and round(ours["wall_s"] / floor["wall_s"], 3),
         "source_mp_per_s": round(width * height / 1e6 / ours["wall_s"], 3),
