@@ -75,7 +75,8 @@ def evaluate(cfg: DictConfig) -> dict:
         raise FileNotFoundError(f"no photos in split {cfg.data.split!r} of {cfg.data.root}")
     model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device, cfg.precision, cfg.compile, cfg.onnx_cache)
     threshold = float(cfg.threshold if cfg.threshold is not None else model.hparams.threshold)
-    predictor = Predictor(model, cfg.scales, cfg.tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision, cfg.compile)
+    tile = int(cfg.tile if cfg.tile is not None else model.hparams.val_tile)
+    predictor = Predictor(model, cfg.scales, tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision, cfg.compile)
     output = Path(cfg.output)
     log.info("%d photo(s) of %s/%s on %s (%s), scales %s, threshold %.3f", len(pairs), cfg.data.root, cfg.data.split,
              model.device, type(model).__name__, list(cfg.scales), threshold)
@@ -121,8 +122,8 @@ def evaluate(cfg: DictConfig) -> dict:
         result["distractor_fp_px_per_mp"] = distractor_fp / distractor_mp
     result = {k: round(v, 4) if isinstance(v, float) and "threshold" not in k else v for k, v in result.items()}
 
-    settings = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k]
-                for k in ("tile", "overlap", "blend", "batch_size", "tolerance", "backend", "device", "precision", "compile")}
+    options = ("overlap", "blend", "batch_size", "tolerance", "backend", "device", "precision", "compile")
+    settings = {"tile": tile, **{k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in options}}
     report = {**result, "settings": settings,
               "pr_curve": {"threshold": metrics.THRESHOLDS.tolist(), "precision": precision_curve.tolist(),
                            "recall": recall_curve.tolist()},

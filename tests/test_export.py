@@ -83,6 +83,10 @@ def test_checkpoint_on_cpu_runs_in_onnx_runtime_exported_once(checkpoint, tmp_pa
     write_threshold(ckpt, 0.37, {})  # chosen on validation after the export: it applies to the cached model
     again = load_for_prediction(ckpt, onnx_cache=cache)
     assert isinstance(again, OnnxModel) and again.hparams.threshold == 0.37 and list(cache.glob("*.onnx")) == [cached]
+    # from the cache, prediction never imports Lightning (0.26 GiB of RSS)
+    script = (f"import sys; from crackseg.predicting import predict; from crackseg.inference.predictor import load_for_prediction;"
+              f"load_for_prediction({str(ckpt)!r}, onnx_cache={str(cache)!r}); print('pytorch_lightning' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT).stdout == "False\n"
 
     # not exportable (here: a new checkpoint and a broken exporter): PyTorch predicts, with a warning
     other = tmp_path / "other.ckpt"

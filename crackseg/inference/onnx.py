@@ -11,14 +11,17 @@ import hashlib
 import logging
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from crackseg.inference.predictor import CheckpointError, chosen_threshold
+from crackseg.inference.predictor import CheckpointError, chosen_threshold, load_model
 from crackseg.io import atomic_write_bytes
-from crackseg.models.module import CrackSegModule
+
+if TYPE_CHECKING:
+    from crackseg.models.module import CrackSegModule
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +63,18 @@ def export_onnx(model: CrackSegModule, path: str | Path, opset: int = 18, atol: 
     return path
 
 
-def cached_export(model: CrackSegModule, ckpt: str | Path, cache_dir: str | Path) -> OnnxModel:
-    """``model`` (loaded from ``ckpt``) in ONNX Runtime, exported once into ``cache_dir`` under the
-    hash of the checkpoint file, so a changed checkpoint is exported again; the threshold is the
-    module's (evaluate.py may store a new one beside the checkpoint after the export)."""
+def cached_export(ckpt: str | Path, cache_dir: str | Path) -> Path:
+    """The ONNX file of checkpoint ``ckpt`` in ``cache_dir``, exported on first use and named by
+    the hash of the checkpoint's bytes (a changed checkpoint is exported again); its metadata
+    holds the trained threshold (the one chosen on validation may change after the export)."""
     digest = hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()[:24]
     path = Path(cache_dir) / f"{Path(ckpt).stem}-{digest}.onnx"
     if not path.is_file():
+        model = load_model(ckpt, use_chosen_threshold=False)
         log.info("exporting %s to ONNX once for CPU prediction (about a minute; backend=torch skips it): %s", ckpt, path)
         path.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(model, path)
-    exported = OnnxModel(path)
-    exported.hparams.threshold = float(model.hparams.threshold)
-    return exported
+    return path
 
 
 class OnnxModel:

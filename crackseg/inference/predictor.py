@@ -17,10 +17,10 @@ from torch import nn
 
 from crackseg.inference.tiling import count_tiles, sliding_window
 from crackseg.io import atomic_write_bytes
-from crackseg.models.module import CrackSegModule
 
 if TYPE_CHECKING:
     from crackseg.inference.onnx import OnnxModel
+    from crackseg.models.module import CrackSegModule
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,13 @@ def write_threshold(ckpt: str | Path, threshold: float, details: dict) -> Path:
     return path
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> CrackSegModule:
+def load_model(path: str | Path, device: str | torch.device = "cpu", use_chosen_threshold: bool = True) -> CrackSegModule:
     """The trained module of a checkpoint, in eval mode on ``device``; the net is rebuilt from
     the config stored in it, so no training config is needed. Its threshold is the one
-    evaluate.py chose on validation data when stored beside the checkpoint, else the trained one."""
+    evaluate.py chose on validation data when stored beside the checkpoint (unless
+    ``use_chosen_threshold`` is false), else the trained one."""
+    from crackseg.models.module import CrackSegModule  # imports Lightning (0.26 GiB RSS): only when needed
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -73,7 +76,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> CrackSeg
     missing = [k for k in module.state_dict() if k.startswith("net.") and k not in weights]
     if missing:
         raise CheckpointError(f"checkpoint lacks {len(missing)} weights of its net, e.g. {missing[0]}: {path}")
-    chosen = chosen_threshold(path)
+    chosen = chosen_threshold(path) if use_chosen_threshold else None
     if chosen is not None:
         module.hparams.threshold = chosen
     return module.eval().to(device)
@@ -120,14 +123,21 @@ def load_for_prediction(
         return OnnxModel(path)
     if onnx_cache is None:
         raise ValueError(f"backend=onnxruntime with a checkpoint needs an onnx_cache folder to export it to: {path}")
-    model = load_model(path)  # a bad checkpoint is reported as such, not as a failed export
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return cached_export(model, path, onnx_cache)
+        model = OnnxModel(cached_export(path, onnx_cache))
+    except CheckpointError:  # a checkpoint crackseg cannot load, or an unreadable cached file: say which
+        raise
     except Exception as err:  # noqa: BLE001 - any exporter or runtime failure: PyTorch still predicts
         if backend == "onnxruntime":
             raise
         log.warning("running PyTorch: the ONNX export of %s failed (%s: %s)", path, type(err).__name__, err)
-        return model
+        return load_model(path)
+    chosen = chosen_threshold(path)  # else the trained one, from the metadata
+    if chosen is not None:
+        model.hparams.threshold = chosen
+    return model
 
 
 def resolve_device(device: str) -> torch.device:
