@@ -109,11 +109,11 @@ def load_for_prediction(
     if backend not in ("auto", "torch", "onnxruntime"):
         raise ValueError(f"backend must be auto, torch or onnxruntime, got {backend!r}")
     exported = Path(path).suffix.lower() == ".onnx"
-    chosen = backend
+    route = backend
     if backend == "auto":
         eager_cpu_fp32 = resolve_device(device).type == "cpu" and precision == "fp32" and not compile
-        chosen = "onnxruntime" if exported or (eager_cpu_fp32 and onnx_cache is not None) else "torch"
-    if chosen == "torch":
+        route = "onnxruntime" if exported or (eager_cpu_fp32 and onnx_cache is not None) else "torch"
+    if route == "torch":
         return load_model(path, resolve_device(device))
     if device not in ("auto", "cpu"):
         raise ValueError(f"backend=onnxruntime runs on the CPU: use device=cpu or auto, not {device}")
