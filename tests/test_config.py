@@ -1,10 +1,15 @@
+import subprocess
+import sys
+
 import hydra
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from crackseg.data.datamodule import CrackDataModule
+from crackseg.io import write_image
 from crackseg.models.module import CrackSegModule
 from tests.conftest import ROOT
 
@@ -60,3 +65,14 @@ def test_default_config_trains_on_the_builtin_data():
     cfg = _compose()
     assert cfg.data.synthetic.n > 0 and set(cfg.model.loss.losses) == {"bce", "dice"}
     assert cfg.callbacks.model_checkpoint.monitor == "val/dice"
+
+
+@pytest.mark.parametrize("script", ["evaluate", "predict", "export"])
+def test_each_command_runs_in_its_default_run_folder(script, tmp_path):
+    """Every entry point shares conf/hydra/default.yaml: outputs/<task_name>/runs/<run_name>."""
+    missing, photo = tmp_path / "none.ckpt", tmp_path / "p.png"
+    write_image(photo, np.zeros((8, 8, 3), np.uint8))
+    args = [f"ckpt={missing}", f"paths.log_dir={tmp_path / 'outputs'}"] + ([f"input={photo}"] if script == "predict" else [])
+    result = subprocess.run([sys.executable, str(ROOT / f"{script}.py"), *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and f"checkpoint not found: {missing}" in result.stderr
+    assert len(list((tmp_path / "outputs" / script / "runs").iterdir())) == 1
