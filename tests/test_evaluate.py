@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from torch import nn
 
 from crackseg.evaluating import evaluate, split_pairs
 from crackseg.evaluation import metrics
-from crackseg.inference.predictor import load_model, threshold_path
+from crackseg.inference.predictor import load_model, threshold_path, warn_if_chosen_at_other_scales
 from crackseg.io import write_image
 from tests.conftest import ROOT
 
@@ -92,12 +93,17 @@ def test_metrics_equal_the_counts_of_the_known_predictions(red_checkpoint, datas
     assert not threshold_path(red_checkpoint).exists()
 
 
-def test_val_evaluation_stores_the_ods_threshold_for_prediction(red_checkpoint, dataset, tmp_path):
+def test_val_evaluation_stores_the_ods_threshold_for_prediction(red_checkpoint, dataset, tmp_path, caplog):
     root, _ = dataset
     result = evaluate(_cfg(red_checkpoint, root, tmp_path, "data.split=val"))
     stored = json.loads(threshold_path(red_checkpoint).read_text())
-    assert stored["threshold"] == result["ods_threshold"] and stored["photos"] == 2
+    assert stored["threshold"] == result["ods_threshold"] and stored["photos"] == 2 and stored["scales"] == [1]
     assert load_model(red_checkpoint).hparams.threshold == stored["threshold"]
+    with caplog.at_level(logging.WARNING, logger="crackseg.inference.predictor"):
+        warn_if_chosen_at_other_scales(red_checkpoint, [1.0])
+        assert not caplog.records
+        evaluate(_cfg(red_checkpoint, root, tmp_path / "ms", "data.split=test", "scales=[1,2]"))
+    assert f"{threshold_path(red_checkpoint)} was chosen at scales [1], not [1, 2]" in caplog.text
     threshold_path(red_checkpoint).unlink()
 
 
