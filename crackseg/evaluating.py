@@ -17,7 +17,7 @@ from tqdm import tqdm
 from crackseg.data import synthetic
 from crackseg.data.folder import Pair, find_splits, match_pairs
 from crackseg.evaluation import metrics
-from crackseg.inference.predictor import Predictor, load_for_prediction, warn_if_chosen_at_other_scales, write_threshold
+from crackseg.inference.predictor import Predictor, load_for_prediction, resolve_threshold, write_threshold
 from crackseg.io import atomic_write_bytes, read_mask, read_pair
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if not pairs:
         raise FileNotFoundError(f"no photos in split {cfg.data.split!r} of {cfg.data.root}")
     model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device, cfg.precision, cfg.compile, cfg.onnx_cache)
-    threshold = float(cfg.threshold if cfg.threshold is not None else model.hparams.threshold)
-    if cfg.threshold is None:
-        warn_if_chosen_at_other_scales(cfg.ckpt, cfg.scales)
+    threshold = resolve_threshold(cfg.ckpt, model, cfg.threshold, cfg.scales)
     tile = int(cfg.tile if cfg.tile is not None else model.hparams.val_tile)
     predictor = Predictor(model, cfg.scales, tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision, cfg.compile)
     output = Path(cfg.output)

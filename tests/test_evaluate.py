@@ -16,7 +16,7 @@ from torch import nn
 
 from crackseg.evaluating import evaluate, split_pairs
 from crackseg.evaluation import metrics
-from crackseg.inference.predictor import load_model, threshold_path, warn_if_chosen_at_other_scales
+from crackseg.inference.predictor import load_model, resolve_threshold, threshold_path
 from crackseg.io import write_image
 from tests.conftest import ROOT
 
@@ -100,7 +100,7 @@ def test_val_evaluation_stores_the_ods_threshold_for_prediction(red_checkpoint, 
     assert stored["threshold"] == result["ods_threshold"] and stored["photos"] == 2 and stored["scales"] == [1]
     assert load_model(red_checkpoint).hparams.threshold == stored["threshold"]
     with caplog.at_level(logging.WARNING, logger="crackseg.inference.predictor"):
-        warn_if_chosen_at_other_scales(red_checkpoint, [1.0])
+        assert resolve_threshold(red_checkpoint, load_model(red_checkpoint), None, [1.0]) == stored["threshold"]
         assert not caplog.records
         evaluate(_cfg(red_checkpoint, root, tmp_path / "ms", "data.split=test", "scales=[1,2]"))
     assert f"{threshold_path(red_checkpoint)} was chosen at scales [1], not [1, 2]" in caplog.text

@@ -93,13 +93,17 @@ def chosen_threshold(model_path: str | Path) -> float | None:
         raise CheckpointError(f"unreadable threshold file {path}: {err}") from err
 
 
-def warn_if_chosen_at_other_scales(model_path: str | Path, scales) -> None:
-    """Log a warning when the stored threshold was chosen on predictions at other scales."""
+def resolve_threshold(model_path: str | Path, model, threshold: float | None, scales) -> float:
+    """``threshold`` when given, else the model's (the one chosen on val data, with a warning
+    when it was chosen at other scales, or the trained one)."""
+    if threshold is not None:
+        return float(threshold)
     path = threshold_path(model_path)
     stored = json.loads(path.read_text()).get("scales") if path.is_file() else None
     if stored is not None and [float(s) for s in stored] != [float(s) for s in scales]:
         log.warning("the threshold in %s was chosen at scales %s, not %s: evaluate the val split at these scales "
                     "from a copy of the checkpoint, or set threshold=", path, stored, list(scales))
+    return float(model.hparams.threshold)
 
 
 def load_for_prediction(
