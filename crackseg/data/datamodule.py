@@ -6,12 +6,13 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, DistributedSampler
 
 from crackseg.data import synthetic
 from crackseg.data.cache import CachedPair, cache_pair
-from crackseg.data.folder import find_splits
+from crackseg.data.folder import find_splits, match_pairs
 from crackseg.data.tiles import BalancedTileSampler, PhotoDataset, TileDataset, TileIndex
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,14 @@ class CrackDataModule(pl.LightningDataModule):
     a ``crack_fraction`` of crack tiles. Validation yields whole photos (batch of one).
 
     ``synthetic``: generator parameters; the dataset is generated into ``root`` when missing.
+    ``scale_range``: training tiles show their photo rescaled log-uniformly in ``[lo, hi]``.
+    ``holdout_split``: train photos whose stem is also in ``images/<holdout_split>/`` (a test
+    split) are left out of training.
+
+    ``sources``: several datasets trained together instead of ``root``: ``{name: {root, weight,
+    and any of train_split, val_split, val_fraction, split_seed, holdout_split}}``. Each class's tiles (crack,
+    background) are shared between the datasets by ``weight`` (default 1); validation runs on
+    every dataset's val photos (``val/dice`` pooled over all, ``val/<name>/dice`` each).
 
     Distributed training shards both loaders itself (the trainer runs with
     ``use_distributed_sampler=False``): each rank takes its share of the epoch's tiles and of
@@ -32,7 +41,7 @@ class CrackDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        root: str,
+        root: str | None,
         cache_dir: str,
         train_split: str = "train",
         val_split: str = "val",
@@ -48,13 +57,38 @@ class CrackDataModule(pl.LightningDataModule):
         augment: Callable | None = None,
         sampler_seed: int = 0,
         synthetic: dict | None = None,
+        scale_range: list[float] | None = None,
+        sources: dict[str, dict] | None = None,
+        holdout_split: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["augment"], logger=False)
         self.augment = augment
+        if (root is None) == (sources is None):
+            raise ValueError("give the data as either root or sources, not both")
         self.train_pairs: list[CachedPair] = []
         self.val_pairs: list[CachedPair] = []
+        self.val_sources: list[int] = []
         self.train_index: TileIndex | None = None
+        self.tile_sources: np.ndarray | None = None  # the source of each train tile
+
+    @property
+    def source_names(self) -> list[str]:
+        return list(self.hparams.sources or {"data": None})
+
+    def _source_settings(self) -> list[dict]:
+        hp = self.hparams
+        defaults = {"train_split": hp.train_split, "val_split": hp.val_split, "val_fraction": hp.val_fraction,
+                    "split_seed": hp.split_seed, "holdout_split": hp.holdout_split, "weight": 1.0}
+        if hp.sources is None:
+            return [{**defaults, "root": hp.root}]
+        settings = []
+        for name, source in hp.sources.items():
+            unknown = set(source) - {*defaults, "root"}
+            if "root" not in source or unknown:
+                raise ValueError(f"data source {name!r} needs a root and knows only {sorted(defaults)}, got {dict(source)}")
+            settings.append({**defaults, **source})
+        return settings
 
     @property
     def stride(self) -> int:
@@ -68,15 +102,23 @@ class CrackDataModule(pl.LightningDataModule):
         if self.train_index is not None:
             return
         hp = self.hparams
-        train, val = find_splits(hp.root, hp.train_split, hp.val_split, hp.val_fraction, hp.split_seed)
         cache = Path(hp.cache_dir)
-        self.train_pairs = [cache_pair(p, m, cache) for p, m in train]
-        self.val_pairs = [cache_pair(p, m, cache) for p, m in val]
+        train_photo_sources = []
+        for i, source in enumerate(self._source_settings()):
+            train, val = find_splits(source["root"], source["train_split"], source["val_split"],
+                                     source["val_fraction"], source["split_seed"])
+            if source["holdout_split"]:
+                held_out = {p.stem for p, _ in match_pairs(Path(source["root"]) / "images" / source["holdout_split"],
+                                                           Path(source["root"]) / "masks" / source["holdout_split"])}
+                train = [(p, m) for p, m in train if p.stem not in held_out]
+            self.train_pairs += [cache_pair(p, m, cache) for p, m in train]
+            self.val_pairs += [cache_pair(p, m, cache) for p, m in val]
+            train_photo_sources += [i] * len(train)
+            self.val_sources += [i] * len(val)
+            log.info("%s: %d train photos, %d val photos", source["root"], len(train), len(val))
         self.train_index = TileIndex.build(self.train_pairs, hp.tile, self.stride, hp.min_crack_pixels)
-        log.info(
-            "%s: %d train photos -> %d tiles (%d with cracks), %d val photos",
-            hp.root, len(train), len(self.train_index), int(self.train_index.crack.sum()), len(val),
-        )
+        self.tile_sources = np.asarray(train_photo_sources, np.int64)[self.train_index.positions[:, 0]]
+        log.info("%d train tiles (%d with cracks)", len(self.train_index), int(self.train_index.crack.sum()))
 
     @property
     def _rank_and_world_size(self) -> tuple[int, int]:
@@ -86,10 +128,11 @@ class CrackDataModule(pl.LightningDataModule):
         hp = self.hparams
         rank, world_size = self._rank_and_world_size
         self.sampler = BalancedTileSampler(
-            self.train_index.crack, hp.tiles_per_epoch, hp.crack_fraction, hp.sampler_seed, rank, world_size
+            self.train_index.crack, hp.tiles_per_epoch, hp.crack_fraction, hp.sampler_seed, rank, world_size,
+            groups=self.tile_sources, group_weights=[float(s["weight"]) for s in self._source_settings()],
         )
         return DataLoader(
-            TileDataset(self.train_pairs, self.train_index, self.augment),
+            TileDataset(self.train_pairs, self.train_index, self.augment, hp.scale_range),
             batch_size=hp.batch_size,
             sampler=self.sampler,
             num_workers=hp.num_workers,
@@ -98,7 +141,7 @@ class CrackDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        dataset = PhotoDataset(self.val_pairs)
+        dataset = PhotoDataset(self.val_pairs, self.val_sources)
         rank, world_size = self._rank_and_world_size
         sampler = DistributedSampler(dataset, world_size, rank, shuffle=False) if world_size > 1 else None
         return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=min(1, self.hparams.num_workers))

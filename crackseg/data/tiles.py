@@ -51,6 +51,9 @@ class BalancedTileSampler(Sampler[int]):
     Without crack tiles (or background tiles) the other class fills the epoch.
     ``set_hard_negatives`` makes a share of the background draws come from given tiles.
 
+    ``groups`` (one int per tile, e.g. its dataset) with ``group_weights``: each class's draw is
+    shared between the groups that have tiles of that class, in proportion to their weights.
+
     Distributed training: every rank draws the same epoch (same seed and epoch) and keeps its
     strided share, ``num_samples // num_replicas`` tiles, so the ranks split one epoch's draw
     between them (the remainder of the division is dropped: equal shares keep ranks in step).
@@ -64,15 +67,23 @@ class BalancedTileSampler(Sampler[int]):
         seed: int = 0,
         rank: int = 0,
         num_replicas: int = 1,
+        groups: np.ndarray | None = None,
+        group_weights: Sequence[float] | None = None,
     ):
         if not 0 <= crack_fraction <= 1:
             raise ValueError(f"crack_fraction must be in [0, 1], got {crack_fraction}")
         if len(crack) == 0:
             raise ValueError("no tiles to sample from")
+        crack = np.asarray(crack, bool)
         if not 0 <= rank < num_replicas or num_samples < num_replicas:
             raise ValueError(f"rank {rank} of {num_replicas} cannot share {num_samples} tiles")
-        self.crack_ids = torch.from_numpy(np.flatnonzero(crack))
-        self.background_ids = torch.from_numpy(np.flatnonzero(~crack))
+        groups = np.zeros(len(crack), np.int64) if groups is None else np.asarray(groups, np.int64)
+        weights = np.ones(groups.max() + 1) if group_weights is None else np.asarray(group_weights, float)
+        if len(groups) != len(crack) or len(weights) <= groups.max() or (weights < 0).any():
+            raise ValueError(f"need one group per tile and a non-negative weight per group, got {len(groups)} "
+                             f"groups for {len(crack)} tiles and weights {list(weights)}")
+        self.crack_ids = self._by_group(np.flatnonzero(crack), groups, weights)
+        self.background_ids = self._by_group(np.flatnonzero(~crack), groups, weights)
         self.num_samples = num_samples
         self.crack_fraction = crack_fraction
         self.seed = seed
@@ -81,6 +92,12 @@ class BalancedTileSampler(Sampler[int]):
         self.epoch = 0
         self.hard_ids = torch.empty(0, dtype=torch.long)
         self.hard_fraction = 0.0
+
+    @staticmethod
+    def _by_group(ids: np.ndarray, groups: np.ndarray, weights: np.ndarray) -> list[tuple[torch.Tensor, float]]:
+        """``ids`` split by group, each with its weight (groups without such tiles or weight left out)."""
+        split = [(torch.from_numpy(ids[groups[ids] == g]), float(w)) for g, w in enumerate(weights)]
+        return [(g_ids, w) for g_ids, w in split if len(g_ids) and w > 0]
 
     def set_hard_negatives(self, ids: Sequence[int], fraction: float) -> None:
         """Draw ``fraction`` of each epoch's background tiles from ``ids`` (hard negatives)."""
@@ -101,19 +118,29 @@ class BalancedTileSampler(Sampler[int]):
             return ids[torch.randperm(len(ids), generator=generator)[:n]]
         return ids[torch.randint(len(ids), (n,), generator=generator)]
 
+    @classmethod
+    def _draw_groups(cls, groups: list[tuple[torch.Tensor, float]], n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` tiles shared between ``groups`` by weight (rounded so that the shares sum to ``n``)."""
+        if not groups:
+            return torch.empty(0, dtype=torch.long)
+        cumulative = np.cumsum([w for _, w in groups]) / sum(w for _, w in groups)
+        ends = np.round(cumulative * n).astype(int)
+        counts = np.diff(ends, prepend=0)
+        return torch.cat([cls._draw(ids, int(k), generator) for (ids, _), k in zip(groups, counts)])
+
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         n_crack = int(round(self.num_samples * self.crack_fraction))
-        if len(self.crack_ids) == 0:
+        if not self.crack_ids:
             n_crack = 0
-        elif len(self.background_ids) == 0:
+        elif not self.background_ids:
             n_crack = self.num_samples
         n_background = self.num_samples - n_crack
         n_hard = int(round(n_background * self.hard_fraction))
         chosen = torch.cat([
-            self._draw(self.crack_ids, n_crack, generator),
+            self._draw_groups(self.crack_ids, n_crack, generator),
             self._draw(self.hard_ids, n_hard, generator),
-            self._draw(self.background_ids, n_background - n_hard, generator),
+            self._draw_groups(self.background_ids, n_background - n_hard, generator),
         ])
         chosen = chosen[torch.randperm(len(chosen), generator=generator)]
         return iter(chosen[self.rank : len(self) * self.num_replicas : self.num_replicas].tolist())
@@ -142,20 +169,53 @@ class _PhotoArrays:
         return self._open[i]
 
 
+def read_rescaled_tile(
+    image: np.ndarray, mask: np.ndarray, y: int, x: int, tile: int, scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``tile`` x ``tile`` crop at ``(y, x)`` as the photo would look resized by ``scale``:
+    a window of ``tile / scale`` source pixels around the same centre (kept inside the photo,
+    reflect-padded where the photo is smaller), resampled like prediction's scales (area
+    down, bilinear up); the mask is resampled as a coverage fraction and thresholded at 0.5.
+    Hand-written: albumentations' crops work inside a tile and cannot zoom out beyond it."""
+    window = max(1, int(round(tile / scale)))
+    height, width = mask.shape
+    top = min(max(int(round(y + (tile - window) / 2)), 0), max(height - window, 0))
+    left = min(max(int(round(x + (tile - window) / 2)), 0), max(width - window, 0))
+    image, mask = image[top : top + window, left : left + window], mask[top : top + window, left : left + window]
+    if image.shape[:2] != (window, window):  # photo smaller than the window
+        pad = ((0, window - image.shape[0]), (0, window - image.shape[1]))
+        image = np.pad(image, (*pad, (0, 0)), mode="reflect")
+        mask = np.pad(mask, pad, mode="reflect")
+    if window == tile:
+        return image, mask
+    interpolation = cv2.INTER_AREA if window > tile else cv2.INTER_LINEAR
+    image = cv2.resize(np.ascontiguousarray(image), (tile, tile), interpolation=interpolation)
+    coverage = cv2.resize(mask.astype(np.float32), (tile, tile), interpolation=interpolation)
+    return image, (coverage >= 0.5).astype(np.uint8)
+
+
 class TileDataset(Dataset):
     """Tile ``i`` of the index, augmented: ``{"image": uint8 (3, t, t), "mask": float (1, t, t),
     "tile": i}``.
 
+    ``scale_range=(lo, hi)``: each tile shows its photo resized by a factor drawn log-uniformly
+    in ``[lo, hi]`` (:func:`read_rescaled_tile`), so the model learns the scales the method
+    predicts at; ``None`` reads every tile at 1x.
+
     An albumentations ``transform`` keeps its own random state, deaf to global seeds: it is
     seeded once per process (loader workers included) from torch's generator, which
     ``seed_everything(workers=True)`` seeds per rank and worker, so augmentation is reproducible
-    and differs between workers.
+    and differs between workers. The scale is drawn from that torch generator.
     """
 
-    def __init__(self, pairs: Sequence[CachedPair], index: TileIndex, transform: Callable | None = None):
+    def __init__(self, pairs: Sequence[CachedPair], index: TileIndex, transform: Callable | None = None,
+                 scale_range: Sequence[float] | None = None):
+        if scale_range is not None and not (len(scale_range) == 2 and 0 < scale_range[0] <= scale_range[1]):
+            raise ValueError(f"scale_range must be [lo, hi] with 0 < lo <= hi, got {scale_range}")
         self.arrays = _PhotoArrays(pairs)
         self.index = index
         self.transform = transform
+        self.log_scale_range = None if scale_range is None else (float(np.log(scale_range[0])), float(np.log(scale_range[1])))
         self._seeded_in: int | None = None  # the process that seeded the transform
 
     def _seed_transform(self) -> None:
@@ -163,18 +223,18 @@ class TileDataset(Dataset):
             self.transform.set_random_seed(int(torch.randint(2**31, ())))
             self._seeded_in = os.getpid()
 
+    def _draw_scale(self) -> float:
+        if self.log_scale_range is None:
+            return 1.0
+        return float(torch.empty(()).uniform_(*self.log_scale_range).exp())
+
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         photo_id, y, x = self.index.positions[i]
         image, mask = self.arrays[int(photo_id)]
-        t = self.index.tile
-        image, mask = image[y : y + t, x : x + t], mask[y : y + t, x : x + t]
-        if image.shape[:2] != (t, t):  # photo smaller than a tile
-            pad = ((0, t - image.shape[0]), (0, t - image.shape[1]))
-            image = np.pad(image, (*pad, (0, 0)), mode="reflect")
-            mask = np.pad(mask, pad, mode="reflect")
+        image, mask = read_rescaled_tile(image, mask, int(y), int(x), self.index.tile, self._draw_scale())
         if self.transform is not None:
             self._seed_transform()
             out = self.transform(image=np.ascontiguousarray(image), mask=np.ascontiguousarray(mask))
@@ -183,14 +243,17 @@ class TileDataset(Dataset):
 
 
 class PhotoDataset(Dataset):
-    """Whole photos for sliding-window validation: ``{"image", "mask", "name"}``."""
+    """Whole photos for sliding-window validation: ``{"image", "mask", "name", "source"}``
+    (``source``: the index in ``sources`` of the dataset the photo comes from, 0 without)."""
 
-    def __init__(self, pairs: Sequence[CachedPair]):
+    def __init__(self, pairs: Sequence[CachedPair], sources: Sequence[int] | None = None):
         self.arrays = _PhotoArrays(pairs)
+        self.sources = list(sources) if sources is not None else [0] * len(self.arrays.pairs)
 
     def __len__(self) -> int:
         return len(self.arrays.pairs)
 
     def __getitem__(self, i: int) -> dict:
         image, mask = self.arrays[i]
-        return {**_to_tensors(np.array(image), np.array(mask)), "name": self.arrays.pairs[i].source.stem}
+        return {**_to_tensors(np.array(image), np.array(mask)), "name": self.arrays.pairs[i].source.stem,
+                "source": self.sources[i]}

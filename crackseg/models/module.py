@@ -96,11 +96,21 @@ class CrackSegModule(pl.LightningModule):
         false_crack = (probs >= self.hparams.threshold) & (batch["mask"] < 0.5)
         return {"loss": loss, "false_crack_px": false_crack.flatten(1).sum(1)}
 
+    def _source_names(self) -> list[str]:
+        return list(getattr(self.trainer.datamodule, "source_names", None) or ["data"])
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_source_counts = torch.zeros(len(self._source_names()), 3, device=self.device)  # tp, fp, fn
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         mask = batch["mask"][0]
         prob = self.predict_photo(batch["image"][0])
         self.val_loss(self.loss(torch.logit(prob, eps=1e-6)[None], mask[None]))
         self.val_metrics.update(prob, mask.long())
+        if "source" in batch:
+            crack, truth = prob >= self.hparams.threshold, mask >= 0.5
+            self.val_source_counts[int(batch["source"][0])] += torch.stack(
+                [(crack & truth).sum(), (crack & ~truth).sum(), (~crack & truth).sum()]).float()
         if batch_idx < self.hparams.log_images:
             self._log_panel(batch_idx, batch["image"][0], mask, prob)
 
@@ -112,6 +122,11 @@ class CrackSegModule(pl.LightningModule):
         self.log_dict(metrics, prog_bar=True, sync_dist=True)
         self.log("val/loss", self.val_loss.compute(), sync_dist=True)
         self.val_loss.reset()
+        names = self._source_names()
+        if len(names) > 1:  # one dataset's Dice each, from its pooled counts over all ranks
+            tp, fp, fn = self.trainer.strategy.reduce(self.val_source_counts, reduce_op="sum").unbind(1)
+            for name, dice in zip(names, (2 * tp / (2 * tp + fp + fn).clamp_min(1)).tolist()):
+                self.log(f"val/{name}/dice", dice)
         if not self.trainer.sanity_checking:  # the sanity check's score on a few photos is no best
             self.val_dice_best(metrics["val/dice"])
             self.log("val/dice_best", self.val_dice_best.compute(), prog_bar=True, sync_dist=True)
