@@ -2,6 +2,7 @@
 
 import math
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -14,9 +15,13 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 def main(cfg: DictConfig) -> float | None:
     """Returns val/dice_best for sweepers; None when no validation ran, which the Optuna sweeper
     records as a failed trial (a NaN would stop the whole sweep)."""
+    from crackseg.inference.predictor import CheckpointError
     from crackseg.training import train
 
-    best = train(cfg)
+    try:
+        best = train(cfg)
+    except CheckpointError as err:
+        sys.exit(f"error: {err}")
     return None if math.isnan(best) else best
 
 

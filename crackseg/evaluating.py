@@ -15,9 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from crackseg.data import synthetic
-from crackseg.data.folder import Pair, find_splits, match_pairs
+from crackseg.data.folder import Pair, data_sources, match_pairs, source_splits
 from crackseg.evaluation import metrics
-from crackseg.inference.predictor import Predictor, load_for_prediction, resolve_threshold, write_threshold
+from crackseg.inference.predictor import Predictor, load_for_prediction
+from crackseg.models.thresholds import resolve_threshold, write_threshold
 from crackseg.io import atomic_write_bytes, read_mask, read_pair
 
 log = logging.getLogger(__name__)
@@ -28,15 +29,25 @@ PHOTO_FIELDS = ["photo", "width", "height", "crack_px", "pred_px", "dice", "iou"
 
 def split_pairs(data: DictConfig, split: str) -> list[Pair]:
     """The ``(photo, mask)`` pairs of ``split`` exactly as training saw them: the data config's
-    train/val splits (carved out of train when there is no val folder) or any other folder."""
+    train/val splits (carved out of train when there is no val folder) or any other folder;
+    with several datasets (``data.sources``), those of each dataset that has the split."""
     if data.get("synthetic"):
         synthetic.ensure(data.root, **data.synthetic)
-    root = Path(data.root)
-    split_dir = root / "images" / split
-    if split == data.train_split or (split == data.val_split and not split_dir.is_dir()):
-        train, val = find_splits(root, data.train_split, data.val_split, data.val_fraction, data.split_seed)
-        return train if split == data.train_split else val
-    return match_pairs(split_dir, root / "masks" / split)
+    sources = data_sources(data).values()
+    pairs = []
+    for source in sources:
+        root = Path(source["root"])
+        split_dir = root / "images" / split
+        if split == source["train_split"] or (split == source["val_split"] and not split_dir.is_dir()):
+            train, val = source_splits(source)
+            pairs += train if split == source["train_split"] else val
+        elif split_dir.is_dir() or len(sources) == 1:
+            pairs += match_pairs(split_dir, root / "masks" / split)
+    return pairs
+
+
+def _data_name(data: DictConfig) -> str:
+    return data.root if data.get("sources") is None else "+".join(data.sources)
 
 
 def distractor_mask(photo: Path, shape: tuple[int, int], margin: int = 2) -> np.ndarray | None:
@@ -72,13 +83,13 @@ def evaluate(cfg: DictConfig) -> dict:
     ``cfg.output``; returns the pooled results."""
     pairs = split_pairs(cfg.data, cfg.data.split)
     if not pairs:
-        raise FileNotFoundError(f"no photos in split {cfg.data.split!r} of {cfg.data.root}")
+        raise FileNotFoundError(f"no photos in split {cfg.data.split!r} of {_data_name(cfg.data)}")
     model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device, cfg.precision, cfg.compile, cfg.onnx_cache)
-    threshold = resolve_threshold(cfg.ckpt, model, cfg.threshold, cfg.scales)
+    threshold = resolve_threshold(cfg.ckpt, model.hparams.threshold, cfg.threshold, cfg.scales)
     tile = int(cfg.tile if cfg.tile is not None else model.hparams.val_tile)
     predictor = Predictor(model, cfg.scales, tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision, cfg.compile)
     output = Path(cfg.output)
-    log.info("%d photo(s) of %s/%s on %s (%s), scales %s, threshold %.3f", len(pairs), cfg.data.root, cfg.data.split,
+    log.info("%d photo(s) of %s/%s on %s (%s), scales %s, threshold %.3f", len(pairs), _data_name(cfg.data), cfg.data.split,
              model.device, type(model).__name__, list(cfg.scales), threshold)
 
     exact, tolerant, histograms, rows = metrics.Counts(), metrics.ToleranceCounts(), [], []
@@ -116,7 +127,7 @@ def evaluate(cfg: DictConfig) -> dict:
         f"f1_{cfg.tolerance:g}px": tolerant.f1, f"precision_{cfg.tolerance:g}px": tolerant.precision,
         f"recall_{cfg.tolerance:g}px": tolerant.recall, "ods": ods_f1, "ods_threshold": ods_threshold,
         "ois": ois_f1, "threshold": threshold, "photos": len(rows),
-        "split": f"{cfg.data.root}:{cfg.data.split}", "scales": list(cfg.scales), "ckpt": str(cfg.ckpt),
+        "split": f"{_data_name(cfg.data)}:{cfg.data.split}", "scales": list(cfg.scales), "ckpt": str(cfg.ckpt),
     }
     if distractor_mp:
         result["distractor_fp_px_per_mp"] = distractor_fp / distractor_mp
@@ -136,10 +147,10 @@ def evaluate(cfg: DictConfig) -> dict:
     atomic_write_bytes(output / "per_photo.csv", buffer.getvalue().encode())
     ods_index = int(round(ods_threshold * metrics.LEVELS))
     _plot_pr_curve(output / "pr_curve.png", precision_curve, recall_curve,
-                   (recall_curve[ods_index], precision_curve[ods_index]), f"{Path(cfg.data.root).name} {cfg.data.split}")
+                   (recall_curve[ods_index], precision_curve[ods_index]), f"{Path(_data_name(cfg.data)).name} {cfg.data.split}")
     if cfg.save_threshold and cfg.data.split == cfg.data.val_split:
-        path = write_threshold(cfg.ckpt, ods_threshold, {"ods": result["ods"], "split": result["split"],
-                                                          "scales": result["scales"], "photos": len(rows)})
+        path = write_threshold(cfg.ckpt, ods_threshold, cfg.scales,
+                               {"ods": result["ods"], "split": result["split"], "photos": len(rows)})
         log.info("stored the ODS threshold %.4f for predict.py and later evaluations: %s", ods_threshold, path)
     log.info("report: %s", output / "report.json")
     return result

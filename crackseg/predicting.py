@@ -10,7 +10,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from crackseg.inference.predictor import Predictor, load_for_prediction, resolve_threshold
+from crackseg.inference.predictor import Predictor, load_for_prediction
+from crackseg.models.thresholds import resolve_threshold
 from crackseg.io import IMAGE_SUFFIXES, ImageReadError, read_mask, read_photo
 from crackseg.measure import measure_mask
 from crackseg.report.batch import write_batch_outputs
@@ -51,7 +52,7 @@ def predict(cfg: DictConfig) -> int:
     photos = find_photos(str(cfg.input))
     settings = measure_settings(cfg)
     model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device, cfg.precision, cfg.compile, cfg.onnx_cache)
-    threshold = resolve_threshold(cfg.ckpt, model, cfg.threshold, cfg.scales)
+    threshold = resolve_threshold(cfg.ckpt, model.hparams.threshold, cfg.threshold, cfg.scales)
     tile = int(cfg.tile if cfg.tile is not None else model.hparams.val_tile)
     predictor = Predictor(model, cfg.scales, tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision, cfg.compile)
     output_dir = Path(cfg.output)

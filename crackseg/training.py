@@ -15,6 +15,7 @@ import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from crackseg.inference.predictor import CheckpointError, load_model
 from crackseg.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -40,17 +41,32 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [hydra.utils.instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
 
 
+def init_net_from(model: pl.LightningModule, path: str | Path) -> None:
+    """Start ``model``'s net from the weights of a trained model (a checkpoint, e.g. the shipped
+    ``models/crackseg-general.ckpt``) to fine-tune it; the nets must have the same shape."""
+    trained = load_model(path)
+    try:
+        model.net.load_state_dict(trained.net.state_dict())
+    except RuntimeError as err:
+        raise CheckpointError(f"init_from={path}: its net differs from the configured model.net "
+                              f"(train with the same model config):\n{err}") from err
+    log.info("net initialised from %s", path)
+
+
 def train(cfg: DictConfig) -> float:
     """Fit the model on the data, write ``summary.json`` in the run folder (rank 0), return
     val/dice_best (NaN when no validation ran).
 
     ``cfg.ckpt_path`` resumes: a checkpoint file, or ``last`` for this run folder's
-    ``checkpoints/last.ckpt`` (a fresh start while there is none).
+    ``checkpoints/last.ckpt`` (a fresh start while there is none). ``cfg.init_from`` starts the
+    net from a trained model's weights (fine-tuning) with a fresh optimizer and schedule.
     """
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     model = hydra.utils.instantiate(cfg.model, _convert_="all", net_config=OmegaConf.to_yaml(cfg.model.net, resolve=True))
+    if cfg.get("init_from"):
+        init_net_from(model, cfg.init_from)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(

@@ -16,7 +16,8 @@ from torch import nn
 
 from crackseg.evaluating import evaluate, split_pairs
 from crackseg.evaluation import metrics
-from crackseg.inference.predictor import load_model, resolve_threshold, threshold_path
+from crackseg.inference.predictor import load_model
+from crackseg.models.thresholds import read_thresholds, resolve_threshold, threshold_path
 from crackseg.io import write_image
 from tests.conftest import ROOT
 
@@ -96,14 +97,22 @@ def test_metrics_equal_the_counts_of_the_known_predictions(red_checkpoint, datas
 def test_val_evaluation_stores_the_ods_threshold_for_prediction(red_checkpoint, dataset, tmp_path, caplog):
     root, _ = dataset
     result = evaluate(_cfg(red_checkpoint, root, tmp_path, "data.split=val"))
-    stored = json.loads(threshold_path(red_checkpoint).read_text())
+    stored = json.loads(threshold_path(red_checkpoint).read_text())["by_scales"]["1"]
     assert stored["threshold"] == result["ods_threshold"] and stored["photos"] == 2 and stored["scales"] == [1]
-    assert load_model(red_checkpoint).hparams.threshold == stored["threshold"]
-    with caplog.at_level(logging.WARNING, logger="crackseg.inference.predictor"):
-        assert resolve_threshold(red_checkpoint, load_model(red_checkpoint), None, [1.0]) == stored["threshold"]
+    trained = load_model(red_checkpoint).hparams.threshold
+    with caplog.at_level(logging.WARNING, logger="crackseg.models.thresholds"):
+        assert resolve_threshold(red_checkpoint, trained, None, [1.0]) == stored["threshold"]
         assert not caplog.records
-        evaluate(_cfg(red_checkpoint, root, tmp_path / "ms", "data.split=test", "scales=[1,2]"))
-    assert f"{threshold_path(red_checkpoint)} was chosen at scales [1], not [1, 2]" in caplog.text
+        test = evaluate(_cfg(red_checkpoint, root, tmp_path / "ms", "data.split=test", "scales=[1,2]"))
+    assert test["threshold"] == trained  # none chosen at these scales
+    assert f"{threshold_path(red_checkpoint)} has thresholds chosen at scales [1], not [1,2]" in caplog.text
+    # a val evaluation at other scales adds their threshold and keeps the first
+    ms = evaluate(_cfg(red_checkpoint, root, tmp_path / "ms_val", "data.split=val", "scales=[1,2]"))
+    assert read_thresholds(red_checkpoint) == {
+        "1": stored, "1,2": {"threshold": ms["ods_threshold"], "scales": [1.0, 2.0], "ods": ms["ods"],
+                             "split": ms["split"], "photos": 2}}
+    assert resolve_threshold(red_checkpoint, trained, None, [1, 2]) == ms["ods_threshold"]
+    assert resolve_threshold(red_checkpoint, trained, 0.25, [1, 2]) == 0.25
     threshold_path(red_checkpoint).unlink()
 
 

@@ -13,7 +13,8 @@ from hydra import compose, initialize_config_dir
 from crackseg.exporting import export
 from crackseg.inference import onnx as onnx_module
 from crackseg.inference.onnx import OnnxModel
-from crackseg.inference.predictor import CheckpointError, Predictor, load_for_prediction, load_model, write_threshold
+from crackseg.inference.predictor import CheckpointError, Predictor, load_for_prediction, load_model
+from crackseg.models.thresholds import resolve_threshold, write_threshold
 from crackseg.io import write_image
 from crackseg.models.module import CrackSegModule
 from crackseg.predicting import predict
@@ -40,6 +41,22 @@ def test_onnx_matches_pytorch_at_any_batch_and_size(checkpoint, exported):  # no
     meta = {p.key: p.value for p in onnx.load(exported).metadata_props}
     assert meta == {"crackseg.threshold": "0.5", "crackseg.tile": "64"}
     assert session.hparams.threshold == 0.5 and session.hparams.val_tile == 64
+
+
+def test_fp16_export_is_a_half_size_checkpoint_that_predicts_alike(checkpoint, tmp_path):  # noqa: F811
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("export", overrides=[f"ckpt={checkpoint}", "format=fp16", f"out={tmp_path / 'slim.ckpt'}"])
+    slim = export(cfg)
+    stored = torch.load(slim, weights_only=True)
+    assert set(stored) == {"hyper_parameters", "state_dict"}
+    assert all(v.dtype == torch.float16 for v in stored["state_dict"].values() if v.is_floating_point())
+    original, half = load_model(checkpoint), load_model(slim)
+    assert half.hparams.val_tile == original.hparams.val_tile and half.hparams.threshold == original.hparams.threshold
+    tiles = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4)) * 255
+    with torch.no_grad():
+        np.testing.assert_allclose(half.predict_probabilities(tiles), original.predict_probabilities(tiles), atol=2e-3)
+    net_bytes = sum(v.numel() * 4 for k, v in torch.load(checkpoint, weights_only=False)["state_dict"].items() if k.startswith("net."))
+    assert slim.stat().st_size < 0.5 * net_bytes + 100_000
 
 
 def test_predict_with_onnx_runtime_matches_the_checkpoint(checkpoint, exported, tiny_dataset, tmp_path):  # noqa: F811
@@ -80,9 +97,8 @@ def test_checkpoint_on_cpu_runs_in_onnx_runtime_exported_once(checkpoint, tmp_pa
         raise RuntimeError("the exporter broke")
 
     monkeypatch.setattr(onnx_module, "export_onnx", no_export)
-    write_threshold(ckpt, 0.37, {})  # chosen on validation after the export: it applies to the cached model
     again = load_for_prediction(ckpt, onnx_cache=cache)
-    assert isinstance(again, OnnxModel) and again.hparams.threshold == 0.37 and list(cache.glob("*.onnx")) == [cached]
+    assert isinstance(again, OnnxModel) and list(cache.glob("*.onnx")) == [cached]
     # from the cache, prediction never imports Lightning (0.26 GiB of RSS)
     script = (f"import sys; from crackseg.predicting import predict; from crackseg.inference.predictor import load_for_prediction;"
               f"load_for_prediction({str(ckpt)!r}, onnx_cache={str(cache)!r}); print('pytorch_lightning' in sys.modules)")
@@ -105,9 +121,10 @@ def test_checkpoint_on_cpu_runs_in_onnx_runtime_exported_once(checkpoint, tmp_pa
 def test_onnx_file_takes_the_threshold_chosen_beside_it(exported, tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes(exported.read_bytes())
-    assert OnnxModel(model).hparams.threshold == 0.5
-    write_threshold(model, 0.61, {})
-    assert OnnxModel(model).hparams.threshold == 0.61
+    trained = OnnxModel(model).hparams.threshold
+    assert trained == 0.5 and resolve_threshold(model, trained, None, [1]) == 0.5
+    write_threshold(model, 0.61, [1], {})
+    assert resolve_threshold(model, trained, None, [1]) == 0.61
 
 
 def test_bad_onnx_files_and_backends_raise_clear_errors(checkpoint, tmp_path):  # noqa: F811

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from crackseg.data.folder import find_splits, match_pairs
+from omegaconf import OmegaConf
+
+from crackseg.data.folder import data_sources, find_splits, match_pairs, source_splits
 from crackseg.io import ImageReadError, write_image
 
 
@@ -41,3 +43,24 @@ def test_bad_folders_raise_clear_errors(tmp_path):
     _write(tmp_path, "train", ["b"], mask=False)
     with pytest.raises(ImageReadError, match=r"1 photo\(s\) without a mask.*b\.jpg"):
         find_splits(tmp_path)
+
+
+def test_sources_complete_their_settings_and_hold_out_test_photos(tmp_path):
+    _write(tmp_path / "a", "train", ["x1", "x2", "shared"])
+    _write(tmp_path / "a", "test", ["shared", "t1"])
+    _write(tmp_path / "b", "train", ["y1"])
+    _write(tmp_path / "b", "val", ["y2"])
+    data = OmegaConf.create({"root": None, "val_fraction": 0.4, "split_seed": 0, "sources": {
+        "a": {"root": str(tmp_path / "a"), "holdout_split": "test"}, "b": {"root": str(tmp_path / "b"), "weight": 2}}})
+    sources = data_sources(data)
+    assert list(sources) == ["a", "b"] and sources["b"]["weight"] == 2 and sources["a"]["weight"] == 1.0
+    assert sources["a"]["val_fraction"] == 0.4 and sources["b"]["holdout_split"] is None
+    train, val = source_splits(sources["a"])  # val is carved first, then test photos leave train
+    carved_train, carved_val = find_splits(tmp_path / "a", val_fraction=0.4, seed=0)
+    assert val == carved_val and train == [pair for pair in carved_train if pair[0].stem != "shared"]
+    assert [p.stem for p, _ in source_splits(sources["b"])[1]] == ["y2"]
+    assert list(data_sources(OmegaConf.create({"root": str(tmp_path / "b")}))) == ["data"]
+    with pytest.raises(ValueError, match="source 'c' needs a root"):
+        data_sources(OmegaConf.create({"sources": {"c": {"weight": 1}}}))
+    with pytest.raises(ValueError, match="takes only"):
+        data_sources(OmegaConf.create({"sources": {"c": {"root": "r", "tile": 3}}}))

@@ -7,7 +7,9 @@ from omegaconf import OmegaConf
 
 from crackseg.data.cache import cache_pair
 from crackseg.data.folder import find_splits
-from crackseg.data.tiles import BalancedTileSampler, PhotoDataset, TileDataset, TileIndex
+import cv2
+
+from crackseg.data.tiles import BalancedTileSampler, PhotoDataset, TileDataset, TileIndex, read_rescaled_tile
 from tests.conftest import ROOT
 
 
@@ -67,6 +69,66 @@ def test_sampler_draws_the_crack_fraction_and_fresh_tiles_each_epoch():
     assert list(sampler) != first
     only_background = BalancedTileSampler(np.zeros(10, bool), num_samples=8, crack_fraction=0.5)
     assert len(list(only_background)) == 8
+
+
+def test_sampler_shares_each_class_between_groups_by_weight():
+    crack = np.zeros(1000, bool)
+    crack[::10] = True  # 100 crack tiles
+    groups = np.repeat([0, 1, 2], [500, 400, 100])
+    sampler = BalancedTileSampler(crack, num_samples=600, crack_fraction=0.5, seed=3, groups=groups,
+                                  group_weights=[2, 1, 0])
+    drawn = np.array(list(sampler))
+    for is_crack in (True, False):
+        share = np.bincount(groups[drawn[crack[drawn] == is_crack]], minlength=3)
+        assert share.tolist() == [200, 100, 0]  # 300 per class, 2:1, none from the weight-0 group
+    # a group without crack tiles: its weight goes to the crack draws of the others
+    crack_in_0 = np.zeros(1000, bool)
+    crack_in_0[:50] = True
+    drawn = np.array(list(BalancedTileSampler(crack_in_0, 400, 0.5, groups=groups, group_weights=[1, 1, 1])))
+    assert crack_in_0[drawn].sum() == 200 and np.bincount(groups[drawn[~crack_in_0[drawn]]]).tolist() == [67, 66, 67]
+    with pytest.raises(ValueError, match="one group per tile"):
+        BalancedTileSampler(crack, 10, groups=groups[:10])
+    with pytest.raises(ValueError, match="weight per group"):
+        BalancedTileSampler(crack, 10, groups=groups, group_weights=[1, 1])
+
+
+def test_rescaled_tile_shows_the_photo_resized_around_the_same_centre():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    mask = np.zeros((300, 400), np.uint8)
+    mask[100:110, :] = 1  # a 10 px horizontal band
+    same_image, same_mask = read_rescaled_tile(image, mask, 50, 60, 64, 1.0)
+    assert np.array_equal(same_image, image[50:114, 60:124]) and np.array_equal(same_mask, mask[50:114, 60:124])
+    # 0.5x: a 128 px window around the tile's centre (82, 92), area-downsampled; the band halves
+    small_image, small_mask = read_rescaled_tile(image, mask, 50, 60, 64, 0.5)
+    expected = cv2.resize(image[18:146, 28:156], (64, 64), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(small_image, expected)
+    assert small_mask.dtype == np.uint8 and set(np.unique(small_mask)) == {0, 1}
+    assert np.flatnonzero(small_mask[:, 0]).tolist() == list(range(41, 46))  # rows 100-109 -> (100-18)/2 ..
+    # 2x: a 32 px window (rows 86-117 around the centre 102), bilinear up; the band doubles
+    big_image, big_mask = read_rescaled_tile(image, mask, 70, 60, 64, 2.0)
+    assert big_image.shape == (64, 64, 3) and np.flatnonzero(big_mask[:, 0]).tolist() == list(range(28, 48))
+    # near the border the window stays inside the photo; a photo smaller than it is reflect-padded
+    corner_image, _ = read_rescaled_tile(image, mask, 0, 0, 64, 0.5)
+    assert np.array_equal(corner_image, cv2.resize(image[:128, :128], (64, 64), interpolation=cv2.INTER_AREA))
+    tiny_image, tiny_mask = read_rescaled_tile(image[:40, :50], mask[:40, :50], 0, 0, 64, 0.5)
+    assert tiny_image.shape == (64, 64, 3) and tiny_mask.shape == (64, 64)
+
+
+def test_scale_range_draws_log_uniform_scales_reproducibly(pairs):
+    index = TileIndex.build(pairs, 64, 48)
+    with pytest.raises(ValueError, match="scale_range"):
+        TileDataset(pairs, index, scale_range=[2, 0.5])
+    dataset = TileDataset(pairs, index, scale_range=[0.5, 2])
+    torch.manual_seed(0)
+    scales = np.array([dataset._draw_scale() for _ in range(2000)])
+    assert 0.5 <= scales.min() and scales.max() <= 2
+    assert abs(np.mean(scales < 1) - 0.5) < 0.05  # log-uniform: as many zoomed out as in
+    torch.manual_seed(0)
+    first = dataset[3]["image"]
+    torch.manual_seed(0)
+    assert torch.equal(dataset[3]["image"], first)
+    assert TileDataset(pairs, index)._draw_scale() == 1.0
 
 
 def test_training_augmentation_keeps_photo_and_mask_aligned(pairs):

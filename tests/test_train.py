@@ -6,6 +6,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from crackseg.inference.predictor import CheckpointError
 from crackseg.training import train
 from tests.conftest import ROOT, SHARED_DATA, needs_shared
 
@@ -50,6 +51,32 @@ def test_one_epoch_writes_checkpoints_tensorboard_and_summary(tmp_path, tiny_dat
     tags = EventAccumulator(str(events[0].parent)).Reload().Tags()
     assert {"train/loss", "val/loss", "val/dice", "val/dice_best", "val/iou"} <= set(tags["scalars"])
     assert "val/photo_0" in tags["images"]
+
+
+def test_several_datasets_train_together_each_validated_and_fine_tuning_starts_from_a_model(tmp_path, tiny_dataset):
+    from crackseg.data import synthetic
+
+    other = synthetic.generate(tmp_path / "other", n=3, width=160, height=128, seed=5)
+    sources = f"+data.sources={{tiny: {{root: '{tiny_dataset}'}}, other: {{root: '{other}', weight: 2}}}}"
+    common = ["data=folder", "data.root=null", sources, "data.tile=64", "data.tiles_per_epoch=16",
+              "data.batch_size=4", "data.scale_range=[0.5,2]", "trainer.max_epochs=1"]
+    first = train(_train_cfg(tmp_path / "first", *common))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(next((tmp_path / "first" / "tensorboard").rglob("events.*")).parent)).Reload()
+    assert {"val/tiny/dice", "val/other/dice", "val/dice"} <= set(scalars.Tags()["scalars"])
+    assert 0 <= first <= 1
+    ckpt = json.loads((tmp_path / "first" / "summary.json").read_text())["best_ckpt"]
+    # fine-tuning starts from those weights: with a zero learning rate they stay exactly as they were
+    cfg = _train_cfg(tmp_path / "tuned", *common, f"init_from={ckpt}", "model.optimizer.lr=0",
+                     "model.scheduler=null", "model.net.dropout=0")
+    train(cfg)
+    tuned = torch.load(tmp_path / "tuned" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    start = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert all(torch.equal(tuned[k], start[k]) for k in start if k.startswith("net.") and "running" not in k
+               and "num_batches" not in k)
+    with pytest.raises(CheckpointError, match="init_from=.*differs from the configured model.net"):
+        train(_train_cfg(tmp_path / "bad", *common, f"init_from={ckpt}", "model.net.base_channels=8"))
 
 
 def test_fast_dev_run_on_the_default_builtin_data(tmp_path):

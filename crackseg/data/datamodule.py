@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from crackseg.data import synthetic
 from crackseg.data.cache import CachedPair, cache_pair
-from crackseg.data.folder import find_splits, match_pairs
+from crackseg.data.folder import data_sources, source_splits
 from crackseg.data.tiles import BalancedTileSampler, PhotoDataset, TileDataset, TileIndex
 
 log = logging.getLogger(__name__)
@@ -74,21 +74,7 @@ class CrackDataModule(pl.LightningDataModule):
 
     @property
     def source_names(self) -> list[str]:
-        return list(self.hparams.sources or {"data": None})
-
-    def _source_settings(self) -> list[dict]:
-        hp = self.hparams
-        defaults = {"train_split": hp.train_split, "val_split": hp.val_split, "val_fraction": hp.val_fraction,
-                    "split_seed": hp.split_seed, "holdout_split": hp.holdout_split, "weight": 1.0}
-        if hp.sources is None:
-            return [{**defaults, "root": hp.root}]
-        settings = []
-        for name, source in hp.sources.items():
-            unknown = set(source) - {*defaults, "root"}
-            if "root" not in source or unknown:
-                raise ValueError(f"data source {name!r} needs a root and knows only {sorted(defaults)}, got {dict(source)}")
-            settings.append({**defaults, **source})
-        return settings
+        return list(data_sources(self.hparams))
 
     @property
     def stride(self) -> int:
@@ -104,13 +90,8 @@ class CrackDataModule(pl.LightningDataModule):
         hp = self.hparams
         cache = Path(hp.cache_dir)
         train_photo_sources = []
-        for i, source in enumerate(self._source_settings()):
-            train, val = find_splits(source["root"], source["train_split"], source["val_split"],
-                                     source["val_fraction"], source["split_seed"])
-            if source["holdout_split"]:
-                held_out = {p.stem for p, _ in match_pairs(Path(source["root"]) / "images" / source["holdout_split"],
-                                                           Path(source["root"]) / "masks" / source["holdout_split"])}
-                train = [(p, m) for p, m in train if p.stem not in held_out]
+        for i, source in enumerate(data_sources(hp).values()):
+            train, val = source_splits(source)
             self.train_pairs += [cache_pair(p, m, cache) for p, m in train]
             self.val_pairs += [cache_pair(p, m, cache) for p, m in val]
             train_photo_sources += [i] * len(train)
@@ -129,7 +110,7 @@ class CrackDataModule(pl.LightningDataModule):
         rank, world_size = self._rank_and_world_size
         self.sampler = BalancedTileSampler(
             self.train_index.crack, hp.tiles_per_epoch, hp.crack_fraction, hp.sampler_seed, rank, world_size,
-            groups=self.tile_sources, group_weights=[float(s["weight"]) for s in self._source_settings()],
+            groups=self.tile_sources, group_weights=[float(s["weight"]) for s in data_sources(hp).values()],
         )
         return DataLoader(
             TileDataset(self.train_pairs, self.train_index, self.augment, hp.scale_range),

@@ -67,3 +67,37 @@ def find_splits(
     if (root / "images").is_dir() and _images(root / "images"):
         return split_by_photo(match_pairs(root / "images", root / "masks"), val_fraction, seed)
     raise ImageReadError(f"no images/{train_split}/ or flat images/ folder with photos in {root}")
+
+
+SOURCE_KEYS = ("root", "train_split", "val_split", "val_fraction", "split_seed", "holdout_split", "weight")
+
+
+def data_sources(data) -> dict[str, dict]:
+    """``{name: settings}`` of the datasets a data config (or the data module's arguments)
+    names: its ``sources``, each completed from the config's own split settings, or the one
+    dataset at ``root`` (named ``data``)."""
+    defaults = {"root": data.get("root"), "train_split": data.get("train_split", "train"),
+                "val_split": data.get("val_split", "val"), "val_fraction": data.get("val_fraction", 0.2),
+                "split_seed": data.get("split_seed", 0), "holdout_split": data.get("holdout_split"), "weight": 1.0}
+    sources = data.get("sources")
+    if sources is None:
+        return {"data": defaults}
+    settings = {}
+    for name, source in sources.items():
+        unknown = set(source) - set(SOURCE_KEYS)
+        if "root" not in source or unknown:
+            raise ValueError(f"data source {name!r} needs a root and takes only {list(SOURCE_KEYS)}, got {dict(source)}")
+        settings[name] = {**defaults, **source}
+    return settings
+
+
+def source_splits(source: dict) -> tuple[list[Pair], list[Pair]]:
+    """``(train, val)`` pairs of one dataset's settings (:func:`data_sources`); train photos whose
+    stem is also in the ``holdout_split`` folder are left out."""
+    train, val = find_splits(source["root"], source["train_split"], source["val_split"], source["val_fraction"],
+                             source["split_seed"])
+    if source["holdout_split"]:
+        root, split = Path(source["root"]), source["holdout_split"]
+        held_out = {p.stem for p, _ in match_pairs(root / "images" / split, root / "masks" / split)}
+        train = [(p, m) for p, m in train if p.stem not in held_out]
+    return train, val

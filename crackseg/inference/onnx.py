@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crackseg.inference.predictor import CheckpointError, chosen_threshold, load_model
+from crackseg.inference.predictor import CheckpointError, load_model
 from crackseg.io import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -66,11 +66,11 @@ def export_onnx(model: CrackSegModule, path: str | Path, opset: int = 18, atol: 
 def cached_export(ckpt: str | Path, cache_dir: str | Path) -> Path:
     """The ONNX file of checkpoint ``ckpt`` in ``cache_dir``, exported on first use and named by
     the hash of the checkpoint's bytes (a changed checkpoint is exported again); its metadata
-    holds the trained threshold (the one chosen on validation may change after the export)."""
+    holds the trained threshold (the ones chosen on validation stay beside the checkpoint)."""
     digest = hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()[:24]
     path = Path(cache_dir) / f"{Path(ckpt).stem}-{digest}.onnx"
     if not path.is_file():
-        model = load_model(ckpt, use_chosen_threshold=False)
+        model = load_model(ckpt)
         log.info("exporting %s to ONNX once for CPU prediction (about a minute; backend=torch skips it): %s", ckpt, path)
         path.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(model, path)
@@ -88,9 +88,6 @@ class OnnxModel:
         if not path.is_file():
             raise CheckpointError(f"ONNX model not found: {path}")
         self._init(path.read_bytes(), path)
-        chosen = chosen_threshold(path)  # evaluate.py's choice on validation data, as for checkpoints
-        if chosen is not None:
-            self.hparams.threshold = chosen
 
     @classmethod
     def from_bytes(cls, data: bytes, path: str | Path) -> OnnxModel:

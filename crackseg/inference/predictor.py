@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import io
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,22 +31,10 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing or was not written by crackseg's training."""
 
 
-def threshold_path(ckpt: str | Path) -> Path:
-    """Where evaluate.py stores the threshold it chose on validation data: beside the checkpoint."""
-    return Path(ckpt).with_suffix(".threshold.json")
-
-
-def write_threshold(ckpt: str | Path, threshold: float, details: dict) -> Path:
-    path = threshold_path(ckpt)
-    atomic_write_bytes(path, json.dumps({"threshold": threshold, **details}, indent=1).encode())
-    return path
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu", use_chosen_threshold: bool = True) -> CrackSegModule:
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> CrackSegModule:
     """The trained module of a checkpoint, in eval mode on ``device``; the net is rebuilt from
-    the config stored in it, so no training config is needed. Its threshold is the one
-    evaluate.py chose on validation data when stored beside the checkpoint (unless
-    ``use_chosen_threshold`` is false), else the trained one."""
+    the config stored in it, so no training config is needed. Its threshold is the trained one
+    (the ones chosen on validation data: :mod:`crackseg.models.thresholds`)."""
     from crackseg.models.module import CrackSegModule  # imports Lightning (0.26 GiB RSS): only when needed
 
     path = Path(path)
@@ -66,7 +54,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", use_chosen_
         net = hydra.utils.instantiate(net_config)
     except Exception as err:  # noqa: BLE001 - an unknown class or argument: the checkpoint does not fit this code
         raise CheckpointError(f"cannot build the net stored in {path}: {err}") from err
-    module = CrackSegModule(net=net, loss=nn.Identity(), optimizer=None,
+    module = CrackSegModule(net=net, loss=nn.Identity(), optimizer=None, net_config=hparams["net_config"],
                             **{k: hparams[k] for k in _MODULE_KEYS if k in hparams})
     weights = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     try:
@@ -76,34 +64,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", use_chosen_
     missing = [k for k in module.state_dict() if k.startswith("net.") and k not in weights]
     if missing:
         raise CheckpointError(f"checkpoint lacks {len(missing)} weights of its net, e.g. {missing[0]}: {path}")
-    chosen = chosen_threshold(path) if use_chosen_threshold else None
-    if chosen is not None:
-        module.hparams.threshold = chosen
     return module.eval().to(device)
 
 
-def chosen_threshold(model_path: str | Path) -> float | None:
-    """The threshold evaluate.py stored beside a model file, or None."""
-    path = threshold_path(model_path)
-    if not path.is_file():
-        return None
-    try:
-        return float(json.loads(path.read_text())["threshold"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"unreadable threshold file {path}: {err}") from err
-
-
-def resolve_threshold(model_path: str | Path, model, threshold: float | None, scales) -> float:
-    """``threshold`` when given, else the model's (the one chosen on val data, with a warning
-    when it was chosen at other scales, or the trained one)."""
-    if threshold is not None:
-        return float(threshold)
-    path = threshold_path(model_path)
-    stored = json.loads(path.read_text()).get("scales") if path.is_file() else None
-    if stored is not None and [float(s) for s in stored] != [float(s) for s in scales]:
-        log.warning("the threshold in %s was chosen at scales %s, not %s: evaluate the val split at these scales "
-                    "from a copy of the checkpoint, or set threshold=", path, stored, list(scales))
-    return float(model.hparams.threshold)
+def save_slim_checkpoint(model: CrackSegModule, path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """What prediction needs of ``model`` and nothing more: its net's weights (in ``dtype``,
+    half the size in fp16) and the settings :func:`load_model` reads (no optimizer, no training
+    state). For shipping a trained model; :func:`load_model` reads it like any checkpoint."""
+    hparams = {k: model.hparams[k] for k in (*_MODULE_KEYS, "net_config") if k in model.hparams}
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items() if k.startswith("net.")}
+    buffer = io.BytesIO()
+    torch.save({"hyper_parameters": hparams, "state_dict": state}, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
+    return Path(path)
 
 
 def load_for_prediction(
@@ -139,7 +112,7 @@ def load_for_prediction(
     if not Path(path).is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        model = OnnxModel(cached_export(path, onnx_cache))
+        return OnnxModel(cached_export(path, onnx_cache))
     except CheckpointError:  # a checkpoint crackseg cannot load, or an unreadable cached file: say which
         raise
     except Exception as err:  # noqa: BLE001 - any exporter or runtime failure: PyTorch still predicts
@@ -147,10 +120,6 @@ def load_for_prediction(
             raise
         log.warning("running PyTorch: the ONNX export of %s failed (%s: %s)", path, type(err).__name__, err)
         return load_model(path)
-    chosen = chosen_threshold(path)  # else the trained one, from the metadata
-    if chosen is not None:
-        model.hparams.threshold = chosen
-    return model
 
 
 def resolve_device(device: str) -> torch.device:

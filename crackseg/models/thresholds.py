@@ -1,0 +1,81 @@
+"""Thresholds chosen on validation data, stored beside a model file, one per scale set.
+
+``<model stem>.threshold.json`` holds ``{"by_scales": {"1,2,0.5": {"threshold": t, ...}, "1": ...}}``:
+multi-scale averaging changes the probabilities, so each scale set has its own best threshold.
+A file in the older one-threshold layout (``{"threshold": t, "scales": [...]}``) reads as one entry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from crackseg.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+ANY_SCALES = "*"  # an old file that did not record its scales
+
+
+class ThresholdFileError(ValueError):
+    """A threshold file that cannot be read."""
+
+
+def threshold_path(model_path: str | Path) -> Path:
+    """Where evaluate.py stores the thresholds it chose on validation data: beside the model."""
+    return Path(model_path).with_suffix(".threshold.json")
+
+
+def scales_key(scales: Sequence[float]) -> str:
+    return ",".join(f"{float(s):g}" for s in scales)
+
+
+def read_thresholds(model_path: str | Path) -> dict[str, dict]:
+    """``{scales key: entry}`` stored beside ``model_path`` (empty when there is no file)."""
+    path = threshold_path(model_path)
+    if not path.is_file():
+        return {}
+    try:
+        stored = json.loads(path.read_text())
+        if "by_scales" not in stored:  # the one-threshold layout
+            stored = {"by_scales": {scales_key(stored["scales"]) if stored.get("scales") else ANY_SCALES: stored}}
+        entries = {str(k): dict(v) for k, v in stored["by_scales"].items()}
+        for entry in entries.values():
+            entry["threshold"] = float(entry["threshold"])
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ThresholdFileError(f"unreadable threshold file {path}: {err}") from err
+    return entries
+
+
+def write_threshold(model_path: str | Path, threshold: float, scales: Sequence[float], details: dict) -> Path:
+    """Store ``threshold`` for ``scales`` beside ``model_path``, keeping the other scale sets'."""
+    entries = read_thresholds(model_path)
+    entries[scales_key(scales)] = {"threshold": float(threshold), "scales": [float(s) for s in scales], **details}
+    path = threshold_path(model_path)
+    atomic_write_bytes(path, json.dumps({"by_scales": entries}, indent=1).encode())
+    return path
+
+
+def chosen_threshold(model_path: str | Path, scales: Sequence[float]) -> float | None:
+    """The threshold chosen on validation data at ``scales``, or None."""
+    entries = read_thresholds(model_path)
+    entry = entries.get(scales_key(scales), entries.get(ANY_SCALES))
+    return None if entry is None else entry["threshold"]
+
+
+def resolve_threshold(model_path: str | Path, trained: float, threshold: float | None, scales: Sequence[float]) -> float:
+    """``threshold`` when given, else the one chosen on validation data at these ``scales``, else
+    the ``trained`` one (with a warning when thresholds exist only for other scales)."""
+    if threshold is not None:
+        return float(threshold)
+    chosen = chosen_threshold(model_path, scales)
+    if chosen is not None:
+        return chosen
+    others = sorted(read_thresholds(model_path))
+    if others:
+        log.warning("%s has thresholds chosen at scales %s, not %s: using the trained threshold %.3f (evaluate the "
+                    "val split at these scales to choose one, or set threshold=)", threshold_path(model_path),
+                    " and ".join(f"[{k}]" for k in others), f"[{scales_key(scales)}]", trained)
+    return float(trained)
