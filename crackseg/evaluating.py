@@ -23,27 +23,32 @@ from crackseg.io import atomic_write_bytes, read_mask, read_pair
 
 log = logging.getLogger(__name__)
 
-PHOTO_FIELDS = ["photo", "width", "height", "crack_px", "pred_px", "dice", "iou", "precision", "recall",
+PHOTO_FIELDS = ["photo", "source", "width", "height", "crack_px", "pred_px", "dice", "iou", "precision", "recall",
                 "f1_tol", "best_threshold", "best_f1", "distractor_fp_px", "seconds"]
 
 
-def split_pairs(data: DictConfig, split: str) -> list[Pair]:
-    """The ``(photo, mask)`` pairs of ``split`` exactly as training saw them: the data config's
-    train/val splits (carved out of train when there is no val folder) or any other folder;
-    with several datasets (``data.sources``), those of each dataset that has the split."""
+def split_sources(data: DictConfig, split: str) -> dict[str, list[Pair]]:
+    """The ``(photo, mask)`` pairs of ``split`` per dataset, exactly as training saw them: the
+    data config's train/val splits (carved out of train when there is no val folder) or any
+    other folder; with several datasets (``data.sources``), each dataset that has the split."""
     if data.get("synthetic"):
         synthetic.ensure(data.root, **data.synthetic)
-    sources = data_sources(data).values()
-    pairs = []
-    for source in sources:
+    sources = data_sources(data)
+    pairs = {}
+    for name, source in sources.items():
         root = Path(source["root"])
         split_dir = root / "images" / split
         if split == source["train_split"] or (split == source["val_split"] and not split_dir.is_dir()):
             train, val = source_splits(source)
-            pairs += train if split == source["train_split"] else val
+            pairs[name] = train if split == source["train_split"] else val
         elif split_dir.is_dir() or len(sources) == 1:
-            pairs += match_pairs(split_dir, root / "masks" / split)
+            pairs[name] = match_pairs(split_dir, root / "masks" / split)
     return pairs
+
+
+def split_pairs(data: DictConfig, split: str) -> list[Pair]:
+    """The pairs of :func:`split_sources`, all datasets together."""
+    return [pair for pairs in split_sources(data, split).values() for pair in pairs]
 
 
 def _data_name(data: DictConfig) -> str:
@@ -81,7 +86,8 @@ def _plot_pr_curve(path: Path, precision: np.ndarray, recall: np.ndarray, ods_po
 def evaluate(cfg: DictConfig) -> dict:
     """Predict every photo of the split, stream the metrics, write the reports into
     ``cfg.output``; returns the pooled results."""
-    pairs = split_pairs(cfg.data, cfg.data.split)
+    by_source = split_sources(cfg.data, cfg.data.split)
+    pairs = [(name, *pair) for name, source_pairs in by_source.items() for pair in source_pairs]
     if not pairs:
         raise FileNotFoundError(f"no photos in split {cfg.data.split!r} of {_data_name(cfg.data)}")
     model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device, cfg.precision, cfg.compile, cfg.onnx_cache)
@@ -93,8 +99,10 @@ def evaluate(cfg: DictConfig) -> dict:
              model.device, type(model).__name__, list(cfg.scales), threshold)
 
     exact, tolerant, histograms, rows = metrics.Counts(), metrics.ToleranceCounts(), [], []
+    source_counts = {name: metrics.Counts() for name in by_source}
+    source_histograms: dict[str, list[np.ndarray]] = {name: [] for name in by_source}
     distractor_fp, distractor_mp = 0, 0.0
-    for photo_path, mask_path in tqdm(pairs, desc="photos", unit="photo"):
+    for source, photo_path, mask_path in tqdm(pairs, desc="photos", unit="photo"):
         started = time.perf_counter()
         photo, truth = read_pair(photo_path, mask_path)
         truth = truth.astype(bool)
@@ -106,7 +114,9 @@ def evaluate(cfg: DictConfig) -> dict:
         best_f1, (best_threshold,) = metrics.ois([hist])
         exact, tolerant = exact + counts, tolerant + tol
         histograms.append(hist)
-        row = {"photo": str(photo_path), "width": photo.shape[1], "height": photo.shape[0],
+        source_counts[source] += counts
+        source_histograms[source].append(hist)
+        row = {"photo": str(photo_path), "source": source, "width": photo.shape[1], "height": photo.shape[0],
                "crack_px": counts.tp + counts.fn, "pred_px": counts.tp + counts.fp, "dice": counts.dice,
                "iou": counts.iou, "precision": counts.precision, "recall": counts.recall, "f1_tol": tol.f1,
                "best_threshold": best_threshold, "best_f1": best_f1}
@@ -127,10 +137,20 @@ def evaluate(cfg: DictConfig) -> dict:
         f"f1_{cfg.tolerance:g}px": tolerant.f1, f"precision_{cfg.tolerance:g}px": tolerant.precision,
         f"recall_{cfg.tolerance:g}px": tolerant.recall, "ods": ods_f1, "ods_threshold": ods_threshold,
         "ois": ois_f1, "threshold": threshold, "photos": len(rows),
+        "leaderboard": {k: round(v, 4) for k, v in metrics.leaderboard(histograms).items()},
         "split": f"{_data_name(cfg.data)}:{cfg.data.split}", "scales": list(cfg.scales), "ckpt": str(cfg.ckpt),
     }
     if distractor_mp:
         result["distractor_fp_px_per_mp"] = distractor_fp / distractor_mp
+    if len(by_source) > 1:  # each dataset at the threshold used, and at its own best (ODS)
+        result["sources"] = {}
+        for name, counts in source_counts.items():
+            if source_histograms[name]:
+                f1, best, _ = metrics.ods(source_histograms[name])
+                result["sources"][name] = {
+                    "photos": len(source_histograms[name]), "dice": round(counts.dice, 4), "iou": round(counts.iou, 4),
+                    "precision": round(counts.precision, 4), "recall": round(counts.recall, 4), "ods": round(f1, 4),
+                    "ods_threshold": best}
     result = {k: round(v, 4) if isinstance(v, float) and "threshold" not in k else v for k, v in result.items()}
 
     options = ("overlap", "blend", "batch_size", "tolerance", "backend", "device", "precision", "compile")

@@ -148,3 +148,20 @@ def test_splits_are_the_ones_training_saw(dataset, tmp_path):
     data.root = str(carved)
     train, val = split_pairs(data, "train"), split_pairs(data, "val")
     assert len(train) + len(val) == 3 and not {p for p, _ in train} & {p for p, _ in val}
+
+
+def test_several_datasets_are_evaluated_together_and_each_on_its_own(red_checkpoint, dataset, tmp_path):
+    root, expected = dataset
+    only_test = tmp_path / "b"  # a second dataset whose val photos are the first's test photos
+    for kind in ("images", "masks"):
+        shutil.copytree(root / kind / "test", only_test / kind / "val")
+    sources = f"+data.sources={{a: {{root: '{root}'}}, b: {{root: '{only_test}'}}}}"
+    result = evaluate(_cfg(red_checkpoint, root, tmp_path / "run", "data.root=null", sources, "save_threshold=false"))
+    a = sum((metrics.confusion(p, t) for t, p in expected["val"]), metrics.Counts())
+    b = sum((metrics.confusion(p, t) for t, p in expected["test"]), metrics.Counts())
+    assert result["photos"] == 5 and result["dice"] == pytest.approx((a + b).dice, abs=1e-4)
+    assert result["sources"]["a"]["photos"] == 2 and result["sources"]["a"]["dice"] == pytest.approx(a.dice, abs=1e-4)
+    assert result["sources"]["b"]["recall"] == pytest.approx(b.recall, abs=1e-4)
+    assert result["split"] == "a+b:val"
+    rows = list(csv.DictReader((tmp_path / "run" / "per_photo.csv").open()))
+    assert [r["source"] for r in rows] == ["a", "a", "b", "b", "b"]

@@ -83,6 +83,16 @@ def test_ois_pools_each_photos_best_threshold():
     assert 0.4 < thresholds[0] <= 0.6 and 0.2 < thresholds[1] <= 0.3 and thresholds[2] > 0.7
 
 
+def test_leaderboard_protocol_averages_per_photo_curves():
+    board = metrics.leaderboard(_toy_set())
+    # mean per-photo F1 is best above 0.7: photo 1 keeps 0.9 only (2/3), photo 2 keeps 0.8 (0),
+    # photo 3 predicts nothing (1)
+    assert board["ods"] == pytest.approx(5 / 9) and board["ods_threshold"] == 180 / 256
+    assert board["ois"] == pytest.approx((1 + 2 / 3 + 1) / 3)
+    # crack and background IoU averaged per photo there: (1/2 + 2/3) / 2, (0 + 2/4) / 2, (1 + 1) / 2
+    assert board["miou"] == pytest.approx(((1 / 2 + 2 / 3) / 2 + 0.25 + 1) / 3)
+
+
 def test_sweep_matches_exact_counts_at_every_grid_threshold():
     rng = np.random.default_rng(0)
     prob, truth = rng.random((40, 60)).astype(np.float32), rng.random((40, 60)) < 0.1

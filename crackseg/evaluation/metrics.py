@@ -156,3 +156,24 @@ def precision_recall_curve(histograms: list[np.ndarray]) -> tuple[np.ndarray, np
     precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
     recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 1.0)
     return precision, recall
+
+
+def leaderboard(histograms: list[np.ndarray]) -> dict[str, float]:
+    """The crack literature's protocol (DeepCrack and its leaderboards), image-averaged: ``ods``
+    the best over thresholds of the mean per-photo F1, ``ois`` the mean of each photo's best F1,
+    ``miou`` the mean per-photo IoU of crack and background averaged, at the ``ods`` threshold.
+    Leaderboards tune these thresholds on the test set itself: an optimistic figure, reported
+    for comparison with published tables, beside the val-chosen one."""
+    f1_curves, miou_curves = [], []
+    for hist in histograms:
+        tp, fp, fn = sweep(hist)
+        tn = hist[1].sum() - fp
+        f1_curves.append(sweep_f1(tp, fp, fn))
+        crack_iou = np.where(tp + fp + fn > 0, tp / np.maximum(tp + fp + fn, 1), 1.0)
+        background_iou = np.where(tn + fp + fn > 0, tn / np.maximum(tn + fp + fn, 1), 1.0)
+        miou_curves.append((crack_iou + background_iou) / 2)
+    mean_f1 = np.mean(f1_curves, axis=0)
+    best = int(np.argmax(mean_f1))
+    return {"ods": float(mean_f1[best]), "ods_threshold": float(THRESHOLDS[best]),
+            "ois": float(np.mean([curve.max() for curve in f1_curves])),
+            "miou": float(np.mean([curve[best] for curve in miou_curves]))}
