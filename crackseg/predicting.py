@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from crackseg.inference.predictor import Predictor, load_for_prediction
+from crackseg.inference.tiling import TileCounts
 from crackseg.models.thresholds import resolve_threshold
 from crackseg.io import IMAGE_SUFFIXES, ImageReadError, read_mask, read_photo
 from crackseg.measure import measure_mask
@@ -54,7 +55,8 @@ def predict(cfg: DictConfig) -> int:
     model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device, cfg.precision, cfg.compile, cfg.onnx_cache)
     threshold = resolve_threshold(cfg.ckpt, model.hparams.threshold, cfg.threshold, cfg.scales)
     tile = int(cfg.tile if cfg.tile is not None else model.hparams.val_tile)
-    predictor = Predictor(model, cfg.scales, tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision, cfg.compile)
+    predictor = Predictor(model, cfg.scales, tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision, cfg.compile,
+                          cascade_threshold=threshold if cfg.cascade else None)
     output_dir = Path(cfg.output)
     output_dir.mkdir(parents=True, exist_ok=True)
     log.info("%d photo(s) -> %s on %s (%s), scales %s, tile %d, threshold %.3f", len(photos), output_dir, model.device,
@@ -82,8 +84,10 @@ def predict(cfg: DictConfig) -> int:
                 status = "ok: measured the saved mask"
             else:
                 height, width = photo.shape[:2]
+                counts = TileCounts()
                 with tqdm(total=predictor.tiles_for(height, width), desc=photo_path.name, unit="tile", leave=False) as bar:
-                    prob = predictor(photo, progress=bar.update)
+                    prob = predictor(photo, progress=bar.update, counts=counts)
+                row["tiles"], row["tiles_skipped"] = counts.computed + counts.skipped, counts.skipped
                 mask = prob >= threshold
                 row.update(write_photo_outputs(paths, photo, prob, mask, threshold))
                 del prob
@@ -117,6 +121,6 @@ def _measured(paths: dict[str, Path], settings: dict) -> dict | None:
 
 
 def _report_settings(cfg: DictConfig, tile: int, threshold: float, settings: dict) -> dict:
-    return {"checkpoint": cfg.ckpt, "input": cfg.input, "output": cfg.output, "scales": list(cfg.scales),
+    return {"checkpoint": cfg.ckpt, "input": cfg.input, "output": cfg.output, "scales": list(cfg.scales), "cascade": cfg.cascade,
             "tile": tile, "overlap": cfg.overlap, "blend": cfg.blend, "threshold": threshold,
             "device": cfg.device, "precision": cfg.precision, **settings}

@@ -12,7 +12,6 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from torch import nn
 
 from crackseg.evaluating import evaluate, split_pairs
 from crackseg.evaluation import metrics
@@ -20,22 +19,6 @@ from crackseg.inference.predictor import load_model
 from crackseg.models.thresholds import read_thresholds, resolve_threshold, threshold_path
 from crackseg.io import write_image
 from tests.conftest import ROOT
-
-
-class RedIsCrack(nn.Module):
-    """Crack probability ~1 where the red channel is high, ~0 elsewhere (input in [0, 1])."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x[:, :1] - 0.5) * 100
-
-
-@pytest.fixture(scope="module")
-def red_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "red.ckpt"
-    net_config = OmegaConf.to_yaml({"_target_": "tests.test_evaluate.RedIsCrack"})
-    torch.save({"state_dict": {}, "hyper_parameters": {"net_config": net_config, "mean": [0, 0, 0], "std": [1, 1, 1],
-                                                         "threshold": 0.5, "channels_last": False}}, path)
-    return path
 
 
 def _photo_and_mask(rng, shape=(70, 90)):

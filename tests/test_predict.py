@@ -11,6 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from crackseg.inference.predictor import CheckpointError, Predictor, load_model
+from crackseg.inference.tiling import count_tiles
 from crackseg.io import read_mask, write_image
 from crackseg.predicting import predict
 from crackseg.report.writers import find_contours
@@ -101,6 +102,26 @@ def test_batch_writes_outputs_reports_bad_photos_and_resumes(checkpoint, tiny_da
     cfg.overwrite = True
     predict(cfg)
     assert (out / f"{good[0][:-4]}_mask.png").stat().st_mtime_ns != stamp
+
+
+def test_cascade_writes_the_same_masks_and_counts_the_skipped_tiles(red_checkpoint, tmp_path):
+    photos = tmp_path / "in"
+    for i in range(2):
+        photo = np.full((150, 190, 3), 90, np.uint8)
+        photo[40 + 30 * i : 43 + 30 * i, 10:170, 0] = 255  # a thin red crack
+        write_image(photos / f"p{i}.png", photo)
+    masks = {}
+    for cascade in (True, False):
+        out = tmp_path / f"cascade_{cascade}"
+        assert predict(_predict_cfg(ckpt=str(red_checkpoint), input=str(photos), output=str(out), tile=32,
+                                    threshold=0.5, cascade=cascade, measure=False)) == 0
+        rows = list(csv.DictReader((out / "summary.csv").open()))
+        assert all(int(r["tiles"]) == count_tiles(150, 190, 32, 0.25, [1, 2, 0.5]) for r in rows)
+        skipped = [int(r["tiles_skipped"]) for r in rows]
+        assert all(n > 0.4 * count_tiles(150, 190, 32, 0.25, [2]) for n in skipped) if cascade else skipped == [0, 0]
+        masks[cascade] = [(out / f"p{i}_mask.png").read_bytes() for i in range(2)]
+    assert masks[True] == masks[False]
+    assert all(read_mask(tmp_path / "cascade_True" / f"p{i}_mask.png", (150, 190)).sum() > 300 for i in range(2))
 
 
 def test_contours_of_a_known_mask():

@@ -3,7 +3,9 @@ import torch
 
 import torch.nn.functional as F
 
-from crackseg.inference.tiling import blend_weights, scale_factor, sliding_window, stride_for, tile_grid, tile_starts
+from crackseg.inference.tiling import (
+    TileCounts, blend_weights, count_tiles, scale_factor, sliding_window, stride_for, tile_grid, tile_starts,
+)
 
 
 @pytest.mark.parametrize("length, tile, stride", [(1000, 256, 128), (256, 256, 128), (257, 256, 200), (100, 256, 128), (999, 64, 64)])
@@ -141,3 +143,40 @@ def test_full_batches_show_the_model_one_shape_and_change_nothing():
     out = sliding_window(image, predict, tile=32, batch_size=5, scales=[1, 2, 0.5], full_batches=True)
     assert set(shapes) == {(5, 3, 32, 32)}
     torch.testing.assert_close(out, reference, rtol=0, atol=0)
+
+
+def _cracked_photo(height=150, width=190, seed=0):
+    """Dark thin lines on a noisy light background, and a predictor that finds dark pixels."""
+    generator = torch.Generator().manual_seed(seed)
+    image = 150 + 40 * torch.rand(3, height, width, generator=generator)
+    image[:, 40:43, 10:150] = 20
+    image[:, 60:140, 120:122] = 30
+    return image, lambda tiles: torch.sigmoid((100 - tiles.mean(dim=1, keepdim=True)) / 15)
+
+
+@pytest.mark.parametrize("scales, tile", [([1, 2, 0.5], 32), ([1, 2], 32), ([0.5, 1], 32), ([1, 3, 1 / 3], 48),
+                                          ([2, 1, 0.5, 0.25], 32)])
+@pytest.mark.parametrize("threshold", [0.0, 0.2, 0.34, 0.5, 0.75, 1.0])
+def test_cascade_gives_exactly_the_full_mask(scales, tile, threshold):
+    image, predict = _cracked_photo()
+    full = sliding_window(image, predict, tile=tile, batch_size=4, scales=scales)
+    counts = TileCounts()
+    pruned = sliding_window(image, predict, tile=tile, batch_size=4, scales=scales, threshold=threshold, counts=counts)
+    assert torch.equal(pruned >= threshold, full >= threshold)
+    open_pixels = pruned >= threshold
+    assert torch.equal(pruned[open_pixels], full[open_pixels])  # exact wherever the mask can be crack
+    assert counts.computed + counts.skipped == count_tiles(150, 190, tile, 0.25, scales)
+    if threshold <= 1 / len(scales):  # the last scale alone could lift any pixel over it
+        assert counts.skipped == 0 and torch.equal(pruned, full)
+    if threshold == 0.5 and len(scales) > 2:  # a thin crack leaves most of the most expensive scale out
+        costliest = max(count_tiles(150, 190, tile, 0.25, [s]) for s in scales)
+        assert counts.skipped > 0.4 * costliest
+
+
+def test_cascade_on_a_photo_that_is_all_crack_or_all_background():
+    image, predict = _cracked_photo()
+    for photo, expected_skips in ((torch.zeros_like(image), False), (torch.full_like(image, 255.0), True)):
+        counts = TileCounts()
+        full = sliding_window(photo, predict, tile=32, scales=[1, 2, 0.5])
+        pruned = sliding_window(photo, predict, tile=32, scales=[1, 2, 0.5], threshold=0.5, counts=counts)
+        assert torch.equal(pruned >= 0.5, full >= 0.5) and (counts.skipped > 0) == expected_skips

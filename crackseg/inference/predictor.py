@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from crackseg.inference.tiling import count_tiles, sliding_window
+from crackseg.inference.tiling import TileCounts, count_tiles, sliding_window
 from crackseg.io import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -131,6 +131,8 @@ def resolve_device(device: str) -> torch.device:
 class Predictor:
     """Crack probability ``(H, W)`` float32 of an RGB ``uint8`` photo: the mean over ``scales``
     of gaussian-blended sliding-window predictions, each brought back to source resolution.
+    ``cascade_threshold``: skip the tiles that cannot change ``prob >= threshold`` (exact; the
+    probability is then exact only where it can reach the threshold, see ``sliding_window``).
     ``model`` is a :class:`CrackSegModule` or an exported one (``crackseg.inference.onnx.OnnxModel``),
     which runs in fp32, uncompiled, on full batches (one input shape)."""
 
@@ -144,6 +146,7 @@ class Predictor:
         blend: str = "gaussian",
         precision: str = "fp32",
         compile: bool = False,
+        cascade_threshold: float | None = None,
     ):
         if precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
@@ -154,6 +157,7 @@ class Predictor:
         self.device = model.device
         self.scales, self.tile, self.overlap = list(scales), tile, overlap
         self.batch_size, self.blend, self.precision = batch_size, blend, precision
+        self.cascade_threshold = cascade_threshold
         # one input shape where a new shape costs: compiling, ONNX Runtime, cuDNN's kernel choice
         self.full_batches = compile or self.exported or self.device.type == "cuda"
         self._forward = model.predict_probabilities
@@ -175,8 +179,9 @@ class Predictor:
         return count_tiles(height, width, self.tile, self.overlap, self.scales)
 
     @torch.no_grad()
-    def __call__(self, photo: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    def __call__(self, photo: np.ndarray, progress: Callable[[int], None] | None = None,
+                 counts: TileCounts | None = None) -> np.ndarray:
         image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).to(self.device)
         prob = sliding_window(image, self._predict_tiles, self.tile, self.overlap, self.batch_size,
-                              self.blend, self.scales, progress, self.full_batches)
+                              self.blend, self.scales, progress, self.full_batches, self.cascade_threshold, counts)
         return prob[0].cpu().numpy()

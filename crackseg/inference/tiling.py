@@ -8,6 +8,7 @@ source-resolution map instead of materialising every rescaled photo.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -149,17 +150,39 @@ class _RowBand:
         self.norm[row : row + h, sx : sx + w] += weights
 
     def flush(self, until: int, out: torch.Tensor) -> None:
-        """Add the blended rows ``[offset, until)`` to ``out`` and drop them from the band."""
-        n = until - self.offset
+        """Add the blended rows ``[offset, until)`` to ``out`` and drop them from the band
+        (pixels no tile covered, where the cascade skipped tiles, add 0)."""
+        n = min(until, self.offset + self.norm.shape[0]) - self.offset  # rows past the band got no tile
         if n <= 0:
             return
-        out[:, self.offset : until] += self.total[:, :n] / self.norm[:n]
+        out[:, self.offset : self.offset + n] += self.total[:, :n] / self.norm[:n].clamp_min(1e-30)
         keep = self.norm.shape[0] - n
         self.total[:, :keep] = self.total[:, n:].clone()
         self.norm[:keep] = self.norm[n:].clone()
         self.total[:, keep:] = 0
         self.norm[keep:] = 0
         self.offset = until
+
+
+@dataclass
+class TileCounts:
+    """Tiles a prediction ran through the model, and tiles the cascade skipped."""
+
+    computed: int = 0
+    skipped: int = 0
+
+
+def _open_tiles(geometry: _ScaleGeometry, positions: list[tuple[int, int]], so_far: torch.Tensor,
+                bound: float) -> list[tuple[int, int]]:
+    """The tiles whose source footprint holds a pixel where ``so_far`` (the sum of the scales
+    computed) reaches ``bound``: only there can this and the later scales still make crack."""
+    kept = []
+    for y, x in positions:
+        sy, sx = geometry.source_origin(y, x)
+        box = so_far[:, sy : sy + geometry.footprint, sx : sx + geometry.footprint]
+        if box.numel() and float(box.max()) >= bound:
+            kept.append((y, x))
+    return kept
 
 
 @torch.no_grad()
@@ -173,6 +196,8 @@ def sliding_window(
     scales: Sequence[float] = (1,),
     progress: Callable[[int], None] | None = None,
     full_batches: bool = False,
+    threshold: float | None = None,
+    counts: TileCounts | None = None,
 ) -> torch.Tensor:
     """Predict a ``(C, H, W)`` photo tile by tile at each scale and return the per-pixel mean
     over scales of the blended predictions, at source resolution: ``(K, H, W)`` float32.
@@ -187,15 +212,31 @@ def sliding_window(
     ``full_batches`` pads each scale's last batch to ``batch_size`` (outputs of the padding are
     dropped), so the model sees one input shape: on CUDA every new shape costs a fresh choice
     of convolution kernels.
+
+    Scales run cheapest first (fewest tiles). ``threshold``: the cascade. Every value is in
+    [0, 1], so where the scales computed so far sum below ``n * threshold`` minus the number of
+    scales left, the mean stays below the threshold whatever they say: a tile of a later scale
+    whose footprint holds no other pixel is skipped. ``mean >= threshold`` is then exactly what
+    the full computation gives (a pixel that can still be crack is covered only by computed
+    tiles), while the returned mean is exact only there; elsewhere it lacks the skipped tiles'
+    share and stays below the threshold. ``counts`` is filled with the tiles computed and skipped.
     """
     height, width = image.shape[-2:]
     stride = stride_for(tile, overlap)
     weights = blend_weights(tile, blend).to(image.device)[None, None]
+    geometries = sorted((_ScaleGeometry(s, tile, stride, height, width) for s in scales), key=lambda g: len(g.positions))
+    counts = counts if counts is not None else TileCounts()
     out: torch.Tensor | None = None
-    for scale in scales:
-        geometry = _ScaleGeometry(scale, tile, stride, height, width)
+    for done, geometry in enumerate(geometries):
         source_weights = geometry.to_source(weights)[0, 0]
         positions, band = geometry.positions, None
+        bound = len(scales) * threshold - (len(scales) - done) - 1e-4 if threshold is not None else -1.0
+        if out is not None and bound > 0:  # 1e-4: float sums never make the cascade skip a tile it needs
+            positions = _open_tiles(geometry, positions, out, bound)
+            counts.skipped += len(geometry.positions) - len(positions)
+            if progress is not None:
+                progress(len(geometry.positions) - len(positions))
+        counts.computed += len(positions)
         for start in range(0, len(positions), batch_size):
             chunk = positions[start : start + batch_size]
             tiles = torch.stack([geometry.tile_input(image, y, x) for y, x in chunk])

@@ -14,7 +14,7 @@ import numpy as np
 from crackseg.io import atomic_write_bytes, write_image
 
 SUMMARY_FIELDS = ["photo", "width", "height", "crack_pixels", "crack_fraction", "contours", "cracks", "total_length",
-                  "max_width", "unit", "seconds", "measure_seconds", "status"]
+                  "max_width", "unit", "tiles", "tiles_skipped", "seconds", "measure_seconds", "status"]
 MEASUREMENT_OUTPUTS = ("cracks", "geojson", "widths", "thumb")  # written by crackseg.report.cracks
 
 
