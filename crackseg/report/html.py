@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import urllib.parse
 from pathlib import Path
 
 from crackseg.measure import TYPES
@@ -20,6 +21,11 @@ figure img{max-width:800px;border:1px solid #ccc}
 """
 
 
+# the page needs no script and loads nothing: only inline styles and embedded (data:) images
+_CSP = ("<meta http-equiv='Content-Security-Policy' "
+        "content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">")
+
+
 def render_report(entries: list[dict], settings: dict, generated: str) -> str:
     """The page for ``entries`` (per photo: ``photo``, ``status``, ``document`` (its cracks JSON or
     None), ``thumb`` (JPEG bytes or None), ``overlay`` (file name of the full-size width overlay))."""
@@ -33,7 +39,7 @@ def render_report(entries: list[dict], settings: dict, generated: str) -> str:
     widest = max((c["max_width"] for _, c in cracks), default=0)
 
     parts = [
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Crack report</title>"
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>{_CSP}<title>Crack report</title>"
         f"<style>{_STYLE}</style></head><body><h1>Crack report</h1>",
         f"<p>{len(entries)} photo(s), {len(measured)} measured; {len(cracks)} crack(s), total length "
         f"{total_length:.6g} {unit}, widest {widest:g} {unit}. Generated {_e(generated)} by crackseg.</p>",
@@ -88,7 +94,7 @@ def _figure(entry: dict, unit: str) -> str:
                f"widest {totals['max_width']:g} {unit}")
     image = (f"<img alt='width overlay of {_e(_name(entry))}' src='data:image/jpeg;base64,"
              f"{base64.b64encode(entry['thumb']).decode()}'>" if entry["thumb"] else "(no thumbnail)")
-    return (f"<figure id='{_anchor(entry)}'><a href='{_e(entry['overlay'])}'>{image}</a>"
+    return (f"<figure id='{_anchor(entry)}'><a href='{_e(_relative_url(entry['overlay']))}'>{image}</a>"
             f"<figcaption>{caption}</figcaption></figure>")
 
 
@@ -107,6 +113,12 @@ def _name(entry: dict) -> str:
 
 def _anchor(entry: dict) -> str:
     return "photo-" + "".join(ch if ch.isalnum() else "-" for ch in Path(entry["photo"]).stem)
+
+
+def _relative_url(file_name: str) -> str:
+    """A link to a file beside the report: percent-encoded and starting with ``./``, so a name
+    such as ``javascript:x.jpg`` or ``a#b?.jpg`` stays a plain relative path."""
+    return "./" + urllib.parse.quote(file_name, safe="")
 
 
 def _e(value) -> str:
