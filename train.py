@@ -16,11 +16,12 @@ def main(cfg: DictConfig) -> float | None:
     """Returns val/dice_best for sweepers; None when no validation ran, which the Optuna sweeper
     records as a failed trial (a NaN would stop the whole sweep)."""
     from crackseg.inference.predictor import CheckpointError
+    from crackseg.io import ImageReadError
     from crackseg.training import train
 
     try:
         best = train(cfg)
-    except CheckpointError as err:
+    except (CheckpointError, ImageReadError) as err:  # the user's files: the message says it all
         sys.exit(f"error: {err}")
     return None if math.isnan(best) else best
 

@@ -6,12 +6,15 @@ photos are ``uint8`` RGB ``(H, W, 3)``, masks are ``uint8`` ``(H, W)`` with valu
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
@@ -61,19 +64,30 @@ def read_photo(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(array, cv2.COLOR_BGR2RGB, dst=array)  # in place: no second copy of a large photo
 
 
-def binarize_mask(array: np.ndarray) -> np.ndarray:
-    """0/1 ``uint8`` from a 0/1, 0/255, JPEG-noisy, 16-bit or RGB mask (any channel counts)."""
+def binarize_mask(array: np.ndarray, path: str | Path | None = None) -> np.ndarray:
+    """0/1 ``uint8`` from the mask's own values: a 0/1 mask as it is; a two-valued mask (0/255,
+    0/100, 16-bit...) with its higher value as crack; a mask of more values (JPEG noise) cut
+    halfway between its lowest and highest value, with a warning naming ``path``; a one-valued
+    mask above 1 is crack when in the upper half of its type's range. RGB: any channel counts."""
     if array.ndim == 3:
         array = array.max(axis=2)
-    if array.max(initial=0) <= 1:
+    if array.size == 0:
+        return array.astype(np.uint8)
+    low, high = array.min(), array.max()
+    if high <= 1:
         return (array > 0).astype(np.uint8)
-    half = (np.iinfo(array.dtype).max + 1) // 2 if array.dtype.kind in "ui" else 0.5
-    return (array >= half).astype(np.uint8)
+    if low == high:
+        half = (np.iinfo(array.dtype).max + 1) // 2 if array.dtype.kind in "ui" else 0.5
+        return np.full(array.shape, high >= half, np.uint8)
+    cut = low + (high - low) / 2
+    if np.count_nonzero((array != low) & (array != high)):
+        log.warning("mask has values between %s and %s (JPEG noise?); crack where >= %s: %s", low, high, cut, path)
+    return (array >= cut).astype(np.uint8)
 
 
 def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read a mask as 0/1 ``uint8`` ``(H, W)``; ``shape`` (H, W) is checked when given."""
-    mask = binarize_mask(_read(path, "mask"))
+    mask = binarize_mask(_read(path, "mask"), path)
     if shape is not None and mask.shape != tuple(shape):
         raise ImageReadError(
             f"mask size {mask.shape[1]}x{mask.shape[0]} differs from its photo's "

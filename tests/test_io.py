@@ -34,12 +34,23 @@ def test_grayscale_16bit_and_rgba_photos_are_converted(tmp_path):
         (np.array([[3, 250], [200, 90]], np.uint8), [[0, 1], [1, 0]]),  # JPEG noise
         (np.array([[0, 65535], [40000, 100]], np.uint16), [[0, 1], [1, 0]]),
         (np.array([[[0, 0, 0], [255, 0, 0]], [[0, 0, 255], [0, 0, 0]]], np.uint8), [[0, 1], [1, 0]]),  # RGB
+        (np.array([[0, 100], [100, 0]], np.uint8), [[0, 1], [1, 0]]),  # 0/100: the higher value is crack
+        (np.array([[40, 40], [80, 40]], np.uint8), [[0, 0], [1, 0]]),
+        (np.array([[255, 255], [255, 255]], np.uint8), [[1, 1], [1, 1]]),
+        (np.array([[100, 100], [100, 100]], np.uint8), [[0, 0], [0, 0]]),
     ],
 )
 def test_binarize_mask(raw, expected):
     out = binarize_mask(raw)
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, expected)
+
+
+def test_masks_of_more_than_two_values_are_cut_halfway_with_a_warning(tmp_path, caplog):
+    write_image(tmp_path / "m.png", np.array([[0, 10], [90, 100]], np.uint8))
+    with caplog.at_level("WARNING", logger="crackseg.io"):
+        np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), [[0, 0], [1, 1]])
+    assert "m.png" in caplog.text and ">= 50" in caplog.text
 
 
 def test_bad_files_raise_errors_naming_the_file(tmp_path):

@@ -51,6 +51,10 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
     (tmp_path / "junk.ckpt").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="not a readable"):
         load_model(tmp_path / "junk.ckpt")
+    torch.save({"state_dict": {}, "hook": Predictor}, tmp_path / "code.ckpt")  # a pickled class: code
+    with pytest.raises(CheckpointError, match="would run code when loaded") as err:
+        load_model(tmp_path / "code.ckpt")
+    assert "weights_only" not in str(err.value)
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(CheckpointError, match="not a crackseg checkpoint"):
         load_model(tmp_path / "other.ckpt")

@@ -98,3 +98,26 @@ def test_smoke_run_on_cracksight(tmp_path):
     best = train(cfg)
     assert 0 <= best <= 1
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_cli_stops_on_bad_training_data_with_the_message_and_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from crackseg.io import write_image
+
+    for split, stems in (("train", ["a", "b"]), ("val", ["c"])):
+        for stem in stems:
+            write_image(tmp_path / "blank" / "images" / split / f"{stem}.png", np.full((40, 40, 3), 99, np.uint8))
+            write_image(tmp_path / "blank" / "masks" / split / f"{stem}.png", np.zeros((40, 40), np.uint8))
+    (tmp_path / "blank" / "masks" / "val" / "c.png").rename(tmp_path / "c.png")
+    args = [sys.executable, str(ROOT / "train.py"), "data=folder", f"hydra.run.dir={tmp_path / 'run'}",
+            f"paths.cache_dir={tmp_path / 'cache'}", *TINY_MODEL, "data.tile=32"]
+    missing = subprocess.run([*args, f"data.root={tmp_path / 'blank'}"], capture_output=True, text=True, cwd=ROOT)
+    assert missing.returncode == 1 and "without a mask" in missing.stderr and "c.png" in missing.stderr
+    (tmp_path / "c.png").rename(tmp_path / "blank" / "masks" / "val" / "c.png")
+    blank = subprocess.run([*args, f"data.root={tmp_path / 'blank'}"], capture_output=True, text=True, cwd=ROOT)
+    assert blank.returncode == 1 and "no crack pixel in any mask" in blank.stderr
+    assert "Traceback" not in missing.stderr + blank.stderr

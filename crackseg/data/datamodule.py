@@ -14,6 +14,7 @@ from crackseg.data import synthetic
 from crackseg.data.cache import CachedPair, cache_pair
 from crackseg.data.folder import data_sources, source_splits
 from crackseg.data.tiles import BalancedTileSampler, PhotoDataset, TileDataset, TileIndex
+from crackseg.io import ImageReadError
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,10 @@ class CrackDataModule(pl.LightningDataModule):
         self.train_index = TileIndex.build(self.train_pairs, hp.tile, self.stride, hp.min_crack_pixels)
         self.tile_sources = np.asarray(train_photo_sources, np.int64)[self.train_index.positions[:, 0]]
         log.info("%d train tiles (%d with cracks)", len(self.train_index), int(self.train_index.crack.sum()))
+        if self.train_pairs and not self.train_index.crack.any():
+            roots = ", ".join(str(s["root"]) for s in data_sources(hp).values())
+            raise ImageReadError(f"no crack pixel in any mask of the training photos of {roots}: are the masks "
+                                 f"the labels (crack = their higher value)?")
 
     @property
     def _rank_and_world_size(self) -> tuple[int, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import pickle
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,7 +43,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> CrackSeg
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to the user
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise CheckpointError(f"not a readable PyTorch checkpoint: {path} ({err})") from err
+        raise CheckpointError(f"{path} holds Python objects beyond weights and settings, which would run code "
+                              f"when loaded: crackseg does not load such files") from None
+    except Exception as err:  # noqa: BLE001 - any other unpickling failure means the same to the user
         raise CheckpointError(f"not a readable PyTorch checkpoint: {path} ({err})") from err
     hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
     if not hparams.get("net_config") or "state_dict" not in checkpoint:
