@@ -17,20 +17,25 @@ from crackseg.io import IMAGE_SUFFIXES, ImageReadError, read_mask, read_photo
 from crackseg.measure import measure_mask
 from crackseg.report.batch import write_batch_outputs
 from crackseg.report.cracks import read_crack_document, summary_fields, write_crack_outputs
-from crackseg.report.writers import MEASUREMENT_OUTPUTS, output_paths, write_photo_outputs, write_summary
+from crackseg.report.writers import MEASUREMENT_OUTPUTS, output_paths, photo_stem_of_output, write_photo_outputs, write_summary
 
 log = logging.getLogger(__name__)
 
 
-def find_photos(spec: str) -> list[Path]:
-    """Photos named by a folder (its images, not recursive), a file, or a glob pattern."""
+def find_photos(spec: str, output_dir: Path | None = None) -> list[Path]:
+    """Photos named by a folder (its images, not recursive), a file, or a glob pattern; a
+    folder or glob leaves out what an earlier run wrote (files in ``output_dir`` named like the
+    outputs of another photo found), so ``output`` may be the input folder itself."""
     path = Path(spec)
+    if path.is_file():
+        return [path]
     if path.is_dir():
         photos = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    elif path.is_file():
-        photos = [path]
     else:
         photos = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+    if output_dir is not None:
+        output_dir, stems = output_dir.resolve(), {p.stem for p in photos}
+        photos = [p for p in photos if not (photo_stem_of_output(p) in stems and output_dir in p.resolve().parents)]
     if not photos:
         raise FileNotFoundError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) found for input={spec}")
     return photos
@@ -50,7 +55,7 @@ def predict(cfg: DictConfig) -> int:
     A photo whose outputs all exist is skipped; one whose prediction exists but whose measurement
     is missing or was made with other measurement settings is measured again from its saved mask.
     """
-    photos = find_photos(str(cfg.input))
+    photos = find_photos(str(cfg.input), Path(cfg.output))
     settings = measure_settings(cfg)
     model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device, cfg.precision, cfg.compile, cfg.onnx_cache)
     threshold = resolve_threshold(cfg.ckpt, model.hparams.threshold, cfg.threshold, cfg.scales)

@@ -128,6 +128,21 @@ def test_cascade_writes_the_same_masks_and_counts_the_skipped_tiles(red_checkpoi
     assert all(read_mask(tmp_path / "cascade_True" / f"p{i}_mask.png", (150, 190)).sum() > 300 for i in range(2))
 
 
+def test_output_inside_the_input_folder_is_not_taken_for_photos(red_checkpoint, tmp_path):
+    photo = np.full((60, 80, 3), 90, np.uint8)
+    photo[30:33, :, 0] = 255
+    write_image(tmp_path / "site" / "wall.jpg", photo)
+    write_image(tmp_path / "site" / "other_mask.png", photo)  # a user's photo named like an output: kept
+    cfg = _predict_cfg(ckpt=str(red_checkpoint), input=str(tmp_path / "site"), output=str(tmp_path / "site"), tile=32)
+    files = []
+    for _ in range(2):
+        assert predict(cfg) == 0
+        rows = list(csv.DictReader((tmp_path / "site" / "summary.csv").open()))
+        assert sorted(r["photo"].split("/")[-1] for r in rows) == ["other_mask.png", "wall.jpg"]
+        files.append(sorted(p.name for p in (tmp_path / "site").iterdir()))
+    assert files[0] == files[1] and "wall_mask.png" in files[0] and "other_mask_mask.png" in files[0]
+
+
 def test_contours_of_a_known_mask():
     mask = np.zeros((50, 80), np.uint8)
     mask[10:20, 5:45] = 1

@@ -18,6 +18,14 @@ SUMMARY_FIELDS = ["photo", "width", "height", "crack_pixels", "crack_fraction", 
 MEASUREMENT_OUTPUTS = ("cracks", "geojson", "widths", "thumb")  # written by crackseg.report.cracks
 
 
+IMAGE_OUTPUT_SUFFIXES = ("_mask.png", "_overlay.jpg", "_prob.png", "_widths.jpg", "_thumb.jpg")
+
+
+def photo_stem_of_output(path: Path) -> str | None:
+    """The stem of the photo whose output image ``path`` would be (by name), else None."""
+    return next((path.name[: -len(s)] for s in IMAGE_OUTPUT_SUFFIXES if path.name.endswith(s)), None)
+
+
 def output_paths(output_dir: Path, stem: str, save_prob: bool = True, measure: bool = True) -> dict[str, Path]:
     paths = {
         "mask": output_dir / f"{stem}_mask.png",
