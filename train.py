@@ -17,11 +17,12 @@ def main(cfg: DictConfig) -> float | None:
     records as a failed trial (a NaN would stop the whole sweep)."""
     from crackseg.inference.predictor import CheckpointError
     from crackseg.io import ImageReadError
+    from crackseg.options import OptionError
     from crackseg.training import train
 
     try:
         best = train(cfg)
-    except (CheckpointError, ImageReadError) as err:  # the user's files: the message says it all
+    except (CheckpointError, ImageReadError, OptionError) as err:  # the user's: the message says it all
         sys.exit(f"error: {err}")
     return None if math.isnan(best) else best
 

@@ -20,6 +20,7 @@ from crackseg.evaluation import metrics
 from crackseg.inference.predictor import Predictor, load_for_prediction
 from crackseg.models.thresholds import resolve_threshold, write_threshold
 from crackseg.io import atomic_write_bytes, read_mask, read_pair
+from crackseg.options import check_inference_options
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def _plot_pr_curve(path: Path, precision: np.ndarray, recall: np.ndarray, ods_po
 def evaluate(cfg: DictConfig) -> dict:
     """Predict every photo of the split, stream the metrics, write the reports into
     ``cfg.output``; returns the pooled results."""
+    check_inference_options(cfg)
     by_source = split_sources(cfg.data, cfg.data.split)
     pairs = [(name, *pair) for name, source_pairs in by_source.items() for pair in source_pairs]
     if not pairs:

@@ -15,6 +15,7 @@ from crackseg.inference.tiling import TileCounts
 from crackseg.models.thresholds import resolve_threshold
 from crackseg.io import IMAGE_SUFFIXES, ImageReadError, read_mask, read_photo
 from crackseg.measure import measure_mask
+from crackseg.options import check_inference_options
 from crackseg.report.batch import write_batch_outputs
 from crackseg.report.cracks import read_crack_document, summary_fields, write_crack_outputs
 from crackseg.report.writers import MEASUREMENT_OUTPUTS, output_paths, photo_stem_of_output, write_photo_outputs, write_summary
@@ -43,8 +44,6 @@ def find_photos(spec: str, output_dir: Path | None = None) -> list[Path]:
 
 def measure_settings(cfg: DictConfig) -> dict:
     """What a photo's measurement depends on besides its mask; stored in its ``_cracks.json``."""
-    if cfg.mm_per_px is not None and not float(cfg.mm_per_px) > 0:
-        raise ValueError(f"mm_per_px must be > 0 (or null for pixels), got {cfg.mm_per_px}")
     return {"mm_per_px": None if cfg.mm_per_px is None else float(cfg.mm_per_px),
             "min_crack_length_px": float(cfg.min_crack_length_px)}
 
@@ -55,6 +54,7 @@ def predict(cfg: DictConfig) -> int:
     A photo whose outputs all exist is skipped; one whose prediction exists but whose measurement
     is missing or was made with other measurement settings is measured again from its saved mask.
     """
+    check_inference_options(cfg)
     photos = find_photos(str(cfg.input), Path(cfg.output))
     settings = measure_settings(cfg)
     model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device, cfg.precision, cfg.compile, cfg.onnx_cache)

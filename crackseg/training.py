@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crackseg.inference.predictor import CheckpointError, load_model
 from crackseg.io import atomic_write_bytes
+from crackseg.options import check_training_options
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def train(cfg: DictConfig) -> float:
     ``checkpoints/last.ckpt`` (a fresh start while there is none). ``cfg.init_from`` starts the
     net from a trained model's weights (fine-tuning) with a fresh optimizer and schedule.
     """
+    check_training_options(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")

@@ -153,7 +153,7 @@ def test_foreign_onnx_model_is_refused(tmp_path):
 
 def test_clis_exit_non_zero_on_bad_input(checkpoint, tmp_path):  # noqa: F811
     for args, message in [([f"ckpt={tmp_path / 'none.ckpt'}"], "checkpoint not found"),
-                          ([f"ckpt={checkpoint}", "format=tflite"], "format must be onnx")]:
+                          ([f"ckpt={checkpoint}", "format=tflite"], "format must be one of onnx, fp16")]:
         result = subprocess.run([sys.executable, str(ROOT / "export.py"), *args, f"hydra.run.dir={tmp_path / 'run'}"],
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode != 0 and message in result.stderr

@@ -210,5 +210,5 @@ def test_batch_without_measurement_and_bad_mm_per_px(checkpoint, tiny_dataset, t
     assert not list(out.glob("*_cracks.json")) and not (out / "report.html").exists()
     assert predict(cfg) == 0 and next(csv.DictReader((out / "summary.csv").open()))["status"].startswith("skipped")
     cfg.mm_per_px = -1
-    with pytest.raises(ValueError, match="mm_per_px must be > 0"):
+    with pytest.raises(ValueError, match="mm_per_px=-1: must be a number > 0"):
         predict(cfg)

@@ -1,0 +1,106 @@
+"""Checks of the user's options, run once before any model is loaded or photo read: each
+problem is one line naming the option, its value and what is allowed."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig
+
+from crackseg.inference.tiling import scale_factor
+
+NET_MULTIPLE = 32  # the largest size multiple of the nets crackseg builds (smp U-Net: 32, classic: 16)
+
+
+class OptionError(ValueError):
+    """An option with a value it cannot take."""
+
+
+def _fail(name: str, value, allowed: str) -> None:
+    raise OptionError(f"{name}={value!r}: {allowed}")
+
+
+def _number(name: str, value, low: float | None = None, high: float | None = None, integer: bool = False,
+            open_high: bool = False) -> None:
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        _fail(name, value, f"must be {kind}")
+    if (low is not None and value < low) or (high is not None and (value >= high if open_high else value > high)):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}{')' if open_high else ']'}"
+        _fail(name, value, f"must be {kind} {bounds}")
+
+
+def _choice(name: str, value, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _fail(name, value, f"must be one of {', '.join(choices)}")
+
+
+def check_tile(name: str, tile) -> None:
+    _number(name, tile, NET_MULTIPLE, integer=True)
+    if tile % NET_MULTIPLE:
+        _fail(name, tile, f"must be a multiple of {NET_MULTIPLE} (the nets' size multiple), e.g. 256 or 512")
+
+
+def check_writable_folder(name: str, folder) -> None:
+    """The folder exists or can be made, and a file can be written in it."""
+    path = Path(str(folder))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        _fail(name, str(folder), f"cannot be made as a folder ({err.strerror})")
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        _fail(name, str(folder), "must be a folder this user can write in")
+
+
+def check_inference_options(cfg: DictConfig) -> None:
+    """The options predict.py and evaluate.py share (and predict's own where present)."""
+    scales = cfg.scales
+    if not isinstance(scales, (list, ListConfig)) or not scales:
+        _fail("scales", scales, "must be a non-empty list such as [1, 2, 0.5]")
+    for scale in scales:
+        try:
+            _number("scales", scale, 0)
+            scale_factor(scale)
+        except ValueError:
+            _fail("scales", list(scales), "each scale must be an integer k or 1/k (e.g. 1, 2, 0.5)")
+    if cfg.tile is not None:
+        check_tile("tile", cfg.tile)
+        biggest = max((scale_factor(s)[1] for s in scales if scale_factor(s)[0]), default=1)
+        if cfg.tile % biggest:
+            _fail("tile", cfg.tile, f"must be a multiple of the largest scale {biggest}")
+    if cfg.threshold is not None:
+        _number("threshold", cfg.threshold, 0, 1)
+    _number("overlap", cfg.overlap, 0, 1, open_high=True)
+    _number("batch_size", cfg.batch_size, 1, integer=True)
+    _choice("blend", cfg.blend, ("gaussian", "constant"))
+    _choice("backend", cfg.backend, ("auto", "torch", "onnxruntime"))
+    _choice("precision", cfg.precision, ("fp32", "fp16", "bf16"))
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device)):
+        _fail("device", cfg.device, "must be auto, cpu, cuda or cuda:N")
+    if "tolerance" in cfg:
+        _number("tolerance", cfg.tolerance, 0)
+    if "min_crack_length_px" in cfg:
+        _number("min_crack_length_px", cfg.min_crack_length_px, 0)
+    if cfg.get("mm_per_px") is not None and (isinstance(cfg.mm_per_px, bool) or not isinstance(cfg.mm_per_px, (int, float))
+                                             or not cfg.mm_per_px > 0):
+        _fail("mm_per_px", cfg.mm_per_px, "must be a number > 0 (or null for pixels)")
+    check_writable_folder("output", cfg.output)
+
+
+def check_training_options(cfg: DictConfig) -> None:
+    """The data options of train.py (the rest are checked by the classes they go to)."""
+    data = cfg.data
+    check_tile("data.tile", data.tile)
+    if data.stride is not None:
+        _number("data.stride", data.stride, 1, data.tile, integer=True)
+    _number("data.batch_size", data.batch_size, 1, integer=True)
+    _number("data.tiles_per_epoch", data.tiles_per_epoch, data.batch_size, integer=True)
+    _number("data.crack_fraction", data.crack_fraction, 0, 1)
+    _number("data.num_workers", data.num_workers, 0, integer=True)
+    scale_range = data.get("scale_range")
+    if scale_range is not None and not (isinstance(scale_range, (list, ListConfig)) and len(scale_range) == 2
+                                        and all(isinstance(v, (int, float)) for v in scale_range)
+                                        and 0 < scale_range[0] <= scale_range[1]):
+        _fail("data.scale_range", scale_range, "must be [lo, hi] with 0 < lo <= hi, e.g. [0.5, 2], or null")

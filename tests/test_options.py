@@ -1,0 +1,68 @@
+"""Options are checked before any work, each problem in one line naming the option."""
+
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from crackseg.options import OptionError, check_inference_options, check_training_options
+from tests.conftest import ROOT
+
+
+def _cfg(name, tmp_path, *overrides):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose(name, overrides=["ckpt=x", f"output={tmp_path / 'out'}", *overrides]
+                       + (["input=x"] if name == "predict" else []))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("threshold=2", "threshold=2: must be a number in [0, 1]"),
+    ("threshold=-1", "threshold=-1: must be a number in [0, 1]"),
+    ("batch_size=0", "batch_size=0: must be an integer >= 1"),
+    ("scales=[]", "scales=[]: must be a non-empty list"),
+    ("scales=[1,1.5]", "each scale must be an integer k or 1/k"),
+    ("tile=7", "tile=7: must be an integer >= 32"),
+    ("tile=100", "tile=100: must be a multiple of 32"),
+    ("overlap=1", "overlap=1: must be a number in [0, 1)"),
+    ("blend=box", "blend='box': must be one of gaussian, constant"),
+    ("device=gpu", "device='gpu': must be auto, cpu, cuda or cuda:N"),
+    ("mm_per_px=0", "mm_per_px=0: must be a number > 0"),
+])
+def test_bad_prediction_options_name_the_option_and_what_is_allowed(tmp_path, override, message):
+    for name in ("predict", "evaluate"):
+        if name == "evaluate" and override.startswith("mm_per_px"):
+            continue
+        with pytest.raises(OptionError) as err:
+            check_inference_options(_cfg(name, tmp_path, override))
+        assert message in str(err.value)
+    check_inference_options(_cfg("predict", tmp_path, "tile=512", "scales=[1,4,0.25]", "threshold=0"))
+
+
+def test_an_output_that_cannot_be_a_folder_is_refused(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OptionError, match="output=.*file/sub'?: cannot be made as a folder"):
+        check_inference_options(_cfg("predict", tmp_path, f"output={tmp_path / 'file' / 'sub'}"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.tile=100", "data.tile=100: must be a multiple of 32"),
+    ("data.batch_size=0", "data.batch_size=0: must be an integer >= 1"),
+    ("data.crack_fraction=1.5", "data.crack_fraction=1.5: must be a number in [0, 1]"),
+    ("data.scale_range=[2,0.5]", "data.scale_range=[2, 0.5]: must be [lo, hi]"),
+    ("data.tiles_per_epoch=2", "data.tiles_per_epoch=2: must be an integer >= 4"),
+])
+def test_bad_training_options_are_refused(override, message):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[override])
+    with pytest.raises(OptionError) as err:
+        check_training_options(cfg)
+    assert message in str(err.value)
+
+
+def test_cli_prints_the_option_error_without_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "predict.py"), "ckpt=none.ckpt", f"input={tmp_path}",
+                             "threshold=2", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                            timeout=120, cwd=ROOT)
+    assert result.returncode == 1 and "error: threshold=2: must be a number in [0, 1]" in result.stderr
+    assert "Traceback" not in result.stderr
