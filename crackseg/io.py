@@ -27,12 +27,31 @@ class ImageReadError(ValueError):
     """A photo or mask that cannot be used; the message names the file and the problem."""
 
 
-def _read(path: str | Path, what: str) -> np.ndarray:
+def header_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` from the file's header alone (Pillow reads no pixels), or None when
+    Pillow does not know the format; OpenCV has no header-only read."""
+    from PIL import Image
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size is what we want to know
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception:  # noqa: BLE001 - unknown or broken header: the decoder will say what is wrong
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def _read(path: str | Path, what: str, max_megapixels: float | None = None) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{what} not found: {path}")
     if path.stat().st_size == 0:
         raise ImageReadError(f"{what} is an empty file: {path}")
+    size = header_size(path) if max_megapixels is not None else None
+    if size is not None and size[0] * size[1] > max_megapixels * 1e6:
+        raise ImageReadError(f"{what} is {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.0f} MP), above "
+                             f"max_megapixels={max_megapixels:g}: {path}")
     if path.suffix.lower() in (".jpg", ".jpeg"):
         with path.open("rb") as f:
             f.seek(max(0, path.stat().st_size - 4096))
@@ -52,13 +71,14 @@ def _to_uint8(array: np.ndarray, path: Path, what: str) -> np.ndarray:
     raise ImageReadError(f"{what} has unsupported pixel type {array.dtype}: {path}")
 
 
-def read_photo(path: str | Path) -> np.ndarray:
+def read_photo(path: str | Path, max_megapixels: float | None = None) -> np.ndarray:
     """Read a photo as ``uint8`` RGB ``(H, W, 3)``.
 
     EXIF orientation is applied; grayscale becomes 3 equal channels; 16-bit is scaled to
-    8-bit by its high byte; an alpha channel is dropped.
+    8-bit by its high byte; an alpha channel is dropped. A photo whose header claims more than
+    ``max_megapixels`` is refused before decoding.
     """
-    array = _to_uint8(_read(path, "photo"), Path(path), "photo")
+    array = _to_uint8(_read(path, "photo", max_megapixels), Path(path), "photo")
     if array.ndim == 2:
         return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
     return cv2.cvtColor(array, cv2.COLOR_BGR2RGB, dst=array)  # in place: no second copy of a large photo

@@ -86,6 +86,8 @@ def check_inference_options(cfg: DictConfig) -> None:
     if cfg.get("mm_per_px") is not None and (isinstance(cfg.mm_per_px, bool) or not isinstance(cfg.mm_per_px, (int, float))
                                              or not cfg.mm_per_px > 0):
         _fail("mm_per_px", cfg.mm_per_px, "must be a number > 0 (or null for pixels)")
+    if "max_megapixels" in cfg:
+        _number("max_megapixels", cfg.max_megapixels, 0)
     check_writable_folder("output", cfg.output)
 
 

@@ -83,7 +83,7 @@ def predict(cfg: DictConfig) -> int:
             continue
         started = time.perf_counter()
         try:
-            photo = read_photo(photo_path)
+            photo = read_photo(photo_path, cfg.max_megapixels)
             if predicted:
                 mask = read_mask(paths["mask"], photo.shape[:2])
                 status = "ok: measured the saved mask"
@@ -107,6 +107,10 @@ def predict(cfg: DictConfig) -> int:
             failed += 1
             row["status"] = f"failed: {err}"
             log.error("%s", err)
+        except Exception as err:  # noqa: BLE001 - whatever goes wrong with one photo fails that photo only
+            failed += 1
+            row["status"] = f"failed: {type(err).__name__}: {err}"
+            log.exception("%s failed", photo_path)
         row["seconds"] = round(time.perf_counter() - started, 2)
         rows.append(row)
     write_summary(output_dir / "summary.csv", rows)

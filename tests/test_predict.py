@@ -143,6 +143,46 @@ def test_output_inside_the_input_folder_is_not_taken_for_photos(red_checkpoint, 
     assert files[0] == files[1] and "wall_mask.png" in files[0] and "other_mask_mask.png" in files[0]
 
 
+def _png_claiming(width: int, height: int) -> bytes:
+    """A small PNG file whose header claims ``width`` x ``height`` RGB pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_one_bad_photo_fails_alone_whatever_goes_wrong(red_checkpoint, tmp_path, monkeypatch):
+    photos = tmp_path / "in"
+    for name in ("a", "b", "c"):
+        photo = np.full((60, 80, 3), 90, np.uint8)
+        photo[30:33, :, 0] = 255
+        write_image(photos / f"{name}.png", photo)
+    (photos / "huge.png").write_bytes(_png_claiming(60000, 60000))
+    import crackseg.predicting as predicting
+
+    measure = predicting.measure_mask
+
+    def measure_fails_on_b(mask, *args):
+        measure_fails_on_b.calls += 1
+        if measure_fails_on_b.calls == 2:  # the second photo, b.png
+            raise RuntimeError("a bug in measuring")
+        return measure(mask, *args)
+
+    measure_fails_on_b.calls = 0
+    monkeypatch.setattr(predicting, "measure_mask", measure_fails_on_b)
+    out = tmp_path / "out"
+    assert predict(_predict_cfg(ckpt=str(red_checkpoint), input=str(photos), output=str(out), tile=32)) == 2
+    status = {r["photo"].split("/")[-1]: r["status"] for r in csv.DictReader((out / "summary.csv").open())}
+    assert status["a.png"] == status["c.png"] == "ok"
+    assert status["b.png"] == "failed: RuntimeError: a bug in measuring"
+    assert "60000x60000 (3600 MP), above max_megapixels=250" in status["huge.png"] and "huge.png" in status["huge.png"]
+    assert (out / "report.html").is_file()
+
+
 def test_contours_of_a_known_mask():
     mask = np.zeros((50, 80), np.uint8)
     mask[10:20, 5:45] = 1
