@@ -28,7 +28,7 @@ def test_every_data_option_composes(data):
     cfg = _compose(f"data={data}", "data.root=/some/where" if data == "folder" else "data.tile=128")
     datamodule = hydra.utils.instantiate(cfg.data)
     assert isinstance(datamodule, CrackDataModule)
-    assert OmegaConf.select(cfg, "data.root") and datamodule.hparams.tile in (128, 256)
+    assert (OmegaConf.select(cfg, "data.root") or OmegaConf.select(cfg, "data.sources")) and datamodule.hparams.tile in (128, 256)
 
 
 @pytest.mark.parametrize("model", _options("model"))
