@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
@@ -143,6 +144,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temp_files(folder: str | Path, older_than_s: float = 600) -> list[Path]:
+    """Delete the temporary files :func:`atomic_write_bytes` leaves in ``folder`` when a run is
+    killed mid-write (``.<name>.<random>.tmp``), once untouched for ``older_than_s`` (a running
+    writer's file is fresh); returns what was deleted."""
+    folder, now, removed = Path(folder), time.time(), []
+    for path in folder.glob(".*.tmp") if folder.is_dir() else []:
+        try:
+            if path.is_file() and now - path.stat().st_mtime > older_than_s:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # another run removed it first
+            continue
+    return removed
 
 
 def write_image(path: str | Path, image: np.ndarray, jpeg_quality: int = 95) -> None:

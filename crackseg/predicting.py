@@ -13,7 +13,7 @@ from tqdm import tqdm
 from crackseg.inference.predictor import Predictor, load_for_prediction
 from crackseg.inference.tiling import TileCounts
 from crackseg.models.thresholds import resolve_threshold
-from crackseg.io import IMAGE_SUFFIXES, ImageReadError, read_mask, read_photo
+from crackseg.io import IMAGE_SUFFIXES, ImageReadError, read_mask, read_photo, remove_stale_temp_files
 from crackseg.measure import measure_mask
 from crackseg.options import check_inference_options
 from crackseg.report.batch import write_batch_outputs
@@ -64,6 +64,8 @@ def predict(cfg: DictConfig) -> int:
                           cascade_threshold=threshold if cfg.cascade else None)
     output_dir = Path(cfg.output)
     output_dir.mkdir(parents=True, exist_ok=True)
+    for path in remove_stale_temp_files(output_dir):
+        log.info("removed %s, left by a run killed while writing", path)
     log.info("%d photo(s) -> %s on %s (%s), scales %s, tile %d, threshold %.3f", len(photos), output_dir, model.device,
              type(model).__name__, list(cfg.scales), tile, threshold)
 

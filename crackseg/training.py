@@ -16,7 +16,7 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from crackseg.inference.predictor import CheckpointError, load_model
-from crackseg.io import atomic_write_bytes
+from crackseg.io import atomic_write_bytes, remove_stale_temp_files
 from crackseg.options import check_training_options
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ def train(cfg: DictConfig) -> float:
     check_training_options(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    for path in remove_stale_temp_files(output_dir / "checkpoints"):
+        log.info("removed %s, left by a run killed while writing", path)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     model = hydra.utils.instantiate(cfg.model, _convert_="all", net_config=OmegaConf.to_yaml(cfg.model.net, resolve=True))
     if cfg.get("init_from"):

@@ -4,7 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from crackseg.io import ImageReadError, atomic_write_bytes, binarize_mask, read_mask, read_pair, read_photo, write_image
+from crackseg.io import (
+    ImageReadError, atomic_write_bytes, binarize_mask, read_mask, read_pair, read_photo, remove_stale_temp_files,
+    write_image,
+)
 
 
 def test_read_photo_returns_rgb_uint8(tmp_path):
@@ -95,3 +98,19 @@ def test_atomic_writes_replace_whole_files_with_usual_permissions(tmp_path):
     assert target.read_bytes() == b"new"
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask
     assert [p.name for p in target.parent.iterdir()] == ["result.json"]  # no temporary file left
+
+
+def test_only_our_stale_temporary_files_are_removed(tmp_path):
+    import os
+    import time
+
+    stale, fresh = tmp_path / ".a_mask.png.x1y2.tmp", tmp_path / ".b_mask.png.z3.tmp"
+    user_file, other_hidden = tmp_path / "notes.tmp", tmp_path / ".config"
+    for path in (stale, fresh, user_file, other_hidden):
+        path.write_bytes(b"x")
+    hour_ago = time.time() - 3600
+    for path in (stale, user_file, other_hidden):
+        os.utime(path, (hour_ago, hour_ago))
+    assert remove_stale_temp_files(tmp_path) == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b_mask.png.z3.tmp", ".config", "notes.tmp"]
+    assert remove_stale_temp_files(tmp_path / "absent") == []
