@@ -18,7 +18,9 @@ from crackseg.measure import measure_mask
 from crackseg.options import check_inference_options
 from crackseg.report.batch import write_batch_outputs
 from crackseg.report.cracks import read_crack_document, summary_fields, write_crack_outputs
-from crackseg.report.writers import MEASUREMENT_OUTPUTS, output_paths, photo_stem_of_output, write_photo_outputs, write_summary
+from crackseg.report.writers import (
+    MEASUREMENT_OUTPUTS, output_paths, photo_stem_of_output, saved_prediction_fields, write_photo_outputs, write_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,8 @@ def predict(cfg: DictConfig) -> int:
         predicted = not cfg.overwrite and all(p.is_file() for k, p in paths.items() if k not in MEASUREMENT_OUTPUTS)
         document = _measured(paths, settings) if predicted and cfg.measure else None
         if predicted and (document or not cfg.measure):
-            rows.append({**row, **(summary_fields(document) if document else {}), "status": "skipped: outputs exist"})
+            rows.append({**row, **saved_prediction_fields(paths), **(summary_fields(document) if document else {}),
+                         "status": "skipped: outputs exist"})
             continue
         started = time.perf_counter()
         try:

@@ -99,9 +99,14 @@ def test_batch_writes_outputs_reports_bad_photos_and_resumes(checkpoint, tiny_da
     assert not list(out.glob(".*.tmp")) and not list(out.glob("broken*"))
 
     stamp = (out / f"{good[0][:-4]}_mask.png").stat().st_mtime_ns
+    first_rows = rows
     assert predict(cfg) == 1  # the broken photo still fails; the others are skipped
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert sum(r["status"].startswith("skipped") for r in rows) == 2
+    for row in rows:  # a resumed batch's summary says what an uninterrupted one does
+        name = row["photo"].split("/")[-1]
+        for key in ("width", "height", "crack_pixels", "crack_fraction", "contours", "cracks", "total_length"):
+            assert row[key] == first_rows[name][key], (name, key)
     assert (out / f"{good[0][:-4]}_mask.png").stat().st_mtime_ns == stamp
     cfg.overwrite = True
     predict(cfg)

@@ -89,6 +89,16 @@ def write_photo_outputs(paths: dict[str, Path], photo: np.ndarray, prob: np.ndar
     }
 
 
+def saved_prediction_fields(paths: dict[str, Path]) -> dict:
+    """The summary row fields of :func:`write_photo_outputs`, from the files it wrote (for a
+    photo skipped as done): the crack pixels counted on the saved mask."""
+    document = json.loads(paths["contours"].read_text())
+    mask = cv2.imread(str(paths["mask"]), cv2.IMREAD_GRAYSCALE)
+    crack_pixels = int(np.count_nonzero(mask))
+    return {"width": document["width"], "height": document["height"], "crack_pixels": crack_pixels,
+            "crack_fraction": round(crack_pixels / mask.size, 6), "contours": len(document["contours"])}
+
+
 def write_summary(path: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
