@@ -188,6 +188,33 @@ def test_one_bad_photo_fails_alone_whatever_goes_wrong(red_checkpoint, tmp_path,
     assert (out / "report.html").is_file()
 
 
+def test_a_full_disk_fails_the_photo_leaves_nothing_half_written_and_a_rerun_completes(red_checkpoint, tmp_path,
+                                                                                      monkeypatch):
+    import errno
+    import os
+
+    import crackseg.io
+
+    photos, out = tmp_path / "in", tmp_path / "out"
+    for name in ("a", "b"):
+        write_image(photos / f"{name}.png", np.full((60, 80, 3), 90, np.uint8))
+    replace = os.replace
+
+    def disk_full_for_b(src, dst):
+        if str(dst).endswith("b_mask.png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        replace(src, dst)
+
+    monkeypatch.setattr(crackseg.io.os, "replace", disk_full_for_b)
+    cfg = _predict_cfg(ckpt=str(red_checkpoint), input=str(photos), output=str(out), tile=32, measure=False)
+    assert predict(cfg) == 1
+    status = {r["photo"].split("/")[-1]: r["status"] for r in csv.DictReader((out / "summary.csv").open())}
+    assert status["a.png"] == "ok" and "No space left on device" in status["b.png"]
+    assert not (out / "b_mask.png").exists() and not list(out.glob(".*.tmp"))
+    monkeypatch.setattr(crackseg.io.os, "replace", replace)  # space again: the rerun finishes the batch
+    assert predict(cfg) == 0 and (out / "b_mask.png").is_file()
+
+
 def test_contours_of_a_known_mask():
     mask = np.zeros((50, 80), np.uint8)
     mask[10:20, 5:45] = 1
