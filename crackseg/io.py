@@ -1,6 +1,7 @@
-"""The one place that reads photos and masks from disk and validates them.
+"""The one place that reads photos and masks from disk and validates them, and the safe ways
+to write: atomic writes, the clean-up after a killed run, per-photo lock files.
 
-Everything downstream trusts what these functions return:
+Everything downstream trusts what the readers return:
 photos are ``uint8`` RGB ``(H, W, 3)``, masks are ``uint8`` ``(H, W)`` with values 0/1.
 """
 
@@ -8,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -159,6 +163,53 @@ def remove_stale_temp_files(folder: str | Path, older_than_s: float = 600) -> li
         except FileNotFoundError:  # another run removed it first
             continue
     return removed
+
+
+@contextmanager
+def claimed(lock: str | Path, stale_after_s: float = 6 * 3600) -> Iterator[bool]:
+    """Hold the lock file ``lock`` while the block runs; yields whether this process got it.
+    A lock left by a run that died (its process gone, on this machine; or untouched for
+    ``stale_after_s`` when written on another) is taken over."""
+    lock = Path(lock)
+    owner = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if not _lock_is_stale(lock, stale_after_s):
+                yield False
+                return
+            try:  # rename first: of two runs taking over the same stale lock, one succeeds
+                os.replace(lock, lock.with_name(f"{lock.name}.{os.getpid()}.stale"))
+                os.unlink(lock.with_name(f"{lock.name}.{os.getpid()}.stale"))
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(owner)
+        try:
+            yield True
+        finally:
+            lock.unlink(missing_ok=True)
+        return
+    yield False
+
+
+def _lock_is_stale(lock: Path, stale_after_s: float) -> bool:
+    try:
+        host, pid = lock.read_text().split()
+        age = time.time() - lock.stat().st_mtime
+    except (OSError, ValueError):  # vanished, or caught half-written: not stale
+        return False
+    if host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
+    return age > stale_after_s
 
 
 def write_image(path: str | Path, image: np.ndarray, jpeg_quality: int = 95) -> None:

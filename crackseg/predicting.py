@@ -13,7 +13,7 @@ from tqdm import tqdm
 from crackseg.inference.predictor import Predictor, load_for_prediction
 from crackseg.inference.tiling import TileCounts
 from crackseg.models.thresholds import resolve_threshold
-from crackseg.io import IMAGE_SUFFIXES, ImageReadError, read_mask, read_photo, remove_stale_temp_files
+from crackseg.io import IMAGE_SUFFIXES, ImageReadError, claimed, read_mask, read_photo, remove_stale_temp_files
 from crackseg.measure import measure_mask
 from crackseg.options import check_inference_options
 from crackseg.report.batch import write_batch_outputs
@@ -55,6 +55,8 @@ def predict(cfg: DictConfig) -> int:
 
     A photo whose outputs all exist is skipped; one whose prediction exists but whose measurement
     is missing or was made with other measurement settings is measured again from its saved mask.
+    Each photo is claimed with a lock file while it is worked on, so runs started on the same
+    output share the photos instead of each doing them all.
     """
     check_inference_options(cfg)
     photos = find_photos(str(cfg.input), Path(cfg.output))
@@ -76,54 +78,63 @@ def predict(cfg: DictConfig) -> int:
     if duplicates:
         raise ValueError(f"photos with the same name would overwrite each other's outputs: {sorted(duplicates)}")
 
-    rows, failed = [], 0
+    rows = []
     for photo_path in tqdm(photos, desc="photos", unit="photo", disable=len(photos) == 1):
-        paths = output_paths(output_dir, photo_path.stem, cfg.save_prob, cfg.measure)
-        row = {"photo": str(photo_path)}
-        predicted = not cfg.overwrite and all(p.is_file() for k, p in paths.items() if k not in MEASUREMENT_OUTPUTS)
-        document = _measured(paths, settings) if predicted and cfg.measure else None
-        if predicted and (document or not cfg.measure):
-            rows.append({**row, **saved_prediction_fields(paths), **(summary_fields(document) if document else {}),
-                         "status": "skipped: outputs exist"})
-            continue
-        started = time.perf_counter()
-        try:
-            photo = read_photo(photo_path, cfg.max_megapixels)
-            if predicted:
-                mask = read_mask(paths["mask"], photo.shape[:2])
-                status = "ok: measured the saved mask"
+        with claimed(output_dir / f".{photo_path.stem}.lock") as mine:  # parallel runs share the photos
+            if mine:
+                rows.append(_photo_row(photo_path, output_dir, cfg, predictor, threshold, settings))
             else:
-                height, width = photo.shape[:2]
-                counts = TileCounts()
-                with tqdm(total=predictor.tiles_for(height, width), desc=photo_path.name, unit="tile", leave=False) as bar:
-                    prob = predictor(photo, progress=bar.update, counts=counts)
-                row["tiles"], row["tiles_skipped"] = counts.computed + counts.skipped, counts.skipped
-                mask = prob >= threshold
-                row.update(write_photo_outputs(paths, photo, prob, mask, threshold))
-                del prob
-                status = "ok"
-            if cfg.measure:
-                measuring = time.perf_counter()
-                cracks = measure_mask(mask, settings["min_crack_length_px"])
-                row.update(write_crack_outputs(paths, photo, cracks, settings))
-                row["measure_seconds"] = round(time.perf_counter() - measuring, 2)
-            row["status"] = status
-        except ImageReadError as err:
-            failed += 1
-            row["status"] = f"failed: {err}"
-            log.error("%s", err)
-        except Exception as err:  # noqa: BLE001 - whatever goes wrong with one photo fails that photo only
-            failed += 1
-            row["status"] = f"failed: {type(err).__name__}: {err}"
-            log.exception("%s failed", photo_path)
-        row["seconds"] = round(time.perf_counter() - started, 2)
-        rows.append(row)
+                rows.append({"photo": str(photo_path), "status": "skipped: another run is predicting it"})
+    failed = sum(r["status"].startswith("failed") for r in rows)
     write_summary(output_dir / "summary.csv", rows)
     if cfg.measure:
         write_batch_outputs(output_dir, rows, _report_settings(cfg, tile, threshold, settings))
     log.info("done: %d ok, %d skipped, %d failed; summary: %s", sum(r["status"].startswith("ok") for r in rows),
              sum(r["status"].startswith("skipped") for r in rows), failed, output_dir / "summary.csv")
     return failed
+
+
+def _photo_row(photo_path: Path, output_dir: Path, cfg: DictConfig, predictor: Predictor, threshold: float,
+               settings: dict) -> dict:
+    """Predict and measure one photo (or skip what is done); its summary row. Any failure fails
+    this photo only, with the reason in the row's status."""
+    paths = output_paths(output_dir, photo_path.stem, cfg.save_prob, cfg.measure)
+    row = {"photo": str(photo_path)}
+    predicted = not cfg.overwrite and all(p.is_file() for k, p in paths.items() if k not in MEASUREMENT_OUTPUTS)
+    document = _measured(paths, settings) if predicted and cfg.measure else None
+    if predicted and (document or not cfg.measure):
+        return {**row, **saved_prediction_fields(paths), **(summary_fields(document) if document else {}),
+                "status": "skipped: outputs exist"}
+    started = time.perf_counter()
+    try:
+        photo = read_photo(photo_path, cfg.max_megapixels)
+        if predicted:
+            mask = read_mask(paths["mask"], photo.shape[:2])
+            status = "ok: measured the saved mask"
+        else:
+            height, width = photo.shape[:2]
+            counts = TileCounts()
+            with tqdm(total=predictor.tiles_for(height, width), desc=photo_path.name, unit="tile", leave=False) as bar:
+                prob = predictor(photo, progress=bar.update, counts=counts)
+            row["tiles"], row["tiles_skipped"] = counts.computed + counts.skipped, counts.skipped
+            mask = prob >= threshold
+            row.update(write_photo_outputs(paths, photo, prob, mask, threshold))
+            del prob
+            status = "ok"
+        if cfg.measure:
+            measuring = time.perf_counter()
+            cracks = measure_mask(mask, settings["min_crack_length_px"])
+            row.update(write_crack_outputs(paths, photo, cracks, settings))
+            row["measure_seconds"] = round(time.perf_counter() - measuring, 2)
+        row["status"] = status
+    except ImageReadError as err:
+        row["status"] = f"failed: {err}"
+        log.error("%s", err)
+    except Exception as err:  # noqa: BLE001 - whatever goes wrong with one photo fails that photo only
+        row["status"] = f"failed: {type(err).__name__}: {err}"
+        log.exception("%s failed", photo_path)
+    row["seconds"] = round(time.perf_counter() - started, 2)
+    return row
 
 
 def _measured(paths: dict[str, Path], settings: dict) -> dict | None:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from crackseg.io import (
-    ImageReadError, atomic_write_bytes, binarize_mask, read_mask, read_pair, read_photo, remove_stale_temp_files,
+    ImageReadError, atomic_write_bytes, binarize_mask, claimed, read_mask, read_pair, read_photo, remove_stale_temp_files,
     write_image,
 )
 
@@ -114,3 +114,29 @@ def test_only_our_stale_temporary_files_are_removed(tmp_path):
     assert remove_stale_temp_files(tmp_path) == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".b_mask.png.z3.tmp", ".config", "notes.tmp"]
     assert remove_stale_temp_files(tmp_path / "absent") == []
+
+
+def test_a_lock_is_held_once_and_taken_over_only_from_a_dead_run(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    lock = tmp_path / ".p.lock"
+    with claimed(lock) as first:
+        with claimed(lock) as second:
+            assert first and not second and lock.read_text() == f"{socket.gethostname()} {os.getpid()}"
+    assert not lock.exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(f"{socket.gethostname()} {int(dead.stdout)}")  # a run killed on this machine
+    with claimed(lock) as mine:
+        assert mine
+    lock.write_text("other-host 1")  # another machine's run: waited for until stale
+    with claimed(lock) as mine:
+        assert not mine
+    old = time.time() - 7 * 3600
+    os.utime(lock, (old, old))
+    with claimed(lock) as mine:
+        assert mine
+    assert not list(tmp_path.iterdir())

@@ -215,6 +215,22 @@ def test_a_full_disk_fails_the_photo_leaves_nothing_half_written_and_a_rerun_com
     assert predict(cfg) == 0 and (out / "b_mask.png").is_file()
 
 
+def test_a_photo_another_run_is_predicting_is_left_to_it(red_checkpoint, tmp_path):
+    from crackseg.io import claimed
+
+    photos, out = tmp_path / "in", tmp_path / "out"
+    for name in ("a", "b"):
+        write_image(photos / f"{name}.png", np.full((60, 80, 3), 90, np.uint8))
+    cfg = _predict_cfg(ckpt=str(red_checkpoint), input=str(photos), output=str(out), tile=32, measure=False)
+    out.mkdir()
+    with claimed(out / ".b.lock"):  # as a second predict.py on the same output would hold it
+        assert predict(cfg) == 0
+    status = {r["photo"].split("/")[-1]: r["status"] for r in csv.DictReader((out / "summary.csv").open())}
+    assert status == {"a.png": "ok", "b.png": "skipped: another run is predicting it"}
+    assert not (out / "b_mask.png").exists() and not list(out.glob(".*.lock"))
+    assert predict(cfg) == 0 and (out / "b_mask.png").is_file()
+
+
 def test_contours_of_a_known_mask():
     mask = np.zeros((50, 80), np.uint8)
     mask[10:20, 5:45] = 1
