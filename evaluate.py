@@ -14,7 +14,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     from crackseg.evaluating import evaluate
-    from crackseg.inference.predictor import CheckpointError
+    from crackseg.models.checkpoints import CheckpointError
     from crackseg.io import ImageReadError
 
     try:

@@ -15,7 +15,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 def main(cfg: DictConfig) -> float | None:
     """Returns val/dice_best for sweepers; None when no validation ran, which the Optuna sweeper
     records as a failed trial (a NaN would stop the whole sweep)."""
-    from crackseg.inference.predictor import CheckpointError
+    from crackseg.models.checkpoints import CheckpointError
     from crackseg.io import ImageReadError
     from crackseg.options import OptionError
     from crackseg.training import train

@@ -56,7 +56,7 @@ def _rss_gib() -> float:
 
 
 def _device(name: str):
-    from crackseg.inference.predictor import resolve_device
+    from crackseg.inference.backends import resolve_device
 
     return resolve_device(name)
 

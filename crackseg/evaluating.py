@@ -17,7 +17,8 @@ from tqdm import tqdm
 from crackseg.data import synthetic
 from crackseg.data.folder import Pair, data_sources, match_pairs, source_splits
 from crackseg.evaluation import metrics
-from crackseg.inference.predictor import Predictor, load_for_prediction
+from crackseg.inference.backends import load_for_prediction
+from crackseg.inference.predictor import Predictor
 from crackseg.models.thresholds import resolve_threshold, write_threshold
 from crackseg.io import atomic_write_bytes, read_mask, read_pair
 from crackseg.options import check_inference_options

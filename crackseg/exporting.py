@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from crackseg.inference.onnx import export_onnx
-from crackseg.inference.predictor import load_model, save_slim_checkpoint
+from crackseg.models.checkpoints import load_model, save_slim_checkpoint
 
 log = logging.getLogger(__name__)
 

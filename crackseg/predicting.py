@@ -10,7 +10,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from crackseg.inference.predictor import Predictor, load_for_prediction
+from crackseg.inference.backends import load_for_prediction
+from crackseg.inference.predictor import Predictor
 from crackseg.inference.tiling import TileCounts
 from crackseg.models.thresholds import resolve_threshold
 from crackseg.io import IMAGE_SUFFIXES, ImageReadError, claimed, read_mask, read_photo, remove_stale_temp_files

@@ -15,7 +15,7 @@ import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from crackseg.inference.predictor import CheckpointError, load_model
+from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.io import atomic_write_bytes, remove_stale_temp_files
 from crackseg.options import check_training_options
 

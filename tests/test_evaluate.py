@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from crackseg.evaluating import evaluate, split_pairs
 from crackseg.evaluation import metrics
-from crackseg.inference.predictor import load_model
+from crackseg.models.checkpoints import load_model
 from crackseg.models.thresholds import read_thresholds, resolve_threshold, threshold_path
 from crackseg.io import write_image
 from tests.conftest import ROOT

@@ -10,7 +10,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from crackseg.inference.predictor import CheckpointError, Predictor, load_model
+from crackseg.inference.predictor import Predictor
+from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.inference.tiling import count_tiles
 from crackseg.io import read_mask, write_image
 from crackseg.predicting import predict

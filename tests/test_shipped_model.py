@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from crackseg.evaluation import metrics
-from crackseg.inference.predictor import load_model
+from crackseg.models.checkpoints import load_model
 from crackseg.io import read_mask, read_pair, write_image
 from crackseg.models.thresholds import read_thresholds
 from crackseg.predicting import predict

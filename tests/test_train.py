@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from crackseg.inference.predictor import CheckpointError
+from crackseg.models.checkpoints import CheckpointError
 from crackseg.training import train
 from tests.conftest import ROOT, SHARED_DATA, needs_shared
 

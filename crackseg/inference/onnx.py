@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crackseg.inference.predictor import CheckpointError, load_model
+from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.io import atomic_write_bytes
 
 if TYPE_CHECKING:
