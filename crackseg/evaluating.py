@@ -17,9 +17,8 @@ from tqdm import tqdm
 from crackseg.data import synthetic
 from crackseg.data.folder import Pair, data_sources, match_pairs, source_splits
 from crackseg.evaluation import metrics
-from crackseg.inference.backends import load_for_prediction
-from crackseg.inference.predictor import Predictor
-from crackseg.models.thresholds import resolve_threshold, write_threshold
+from crackseg.inference.backends import predictor_from_config
+from crackseg.models.thresholds import write_threshold
 from crackseg.io import atomic_write_bytes, read_mask, read_pair
 from crackseg.options import check_inference_options
 
@@ -93,13 +92,10 @@ def evaluate(cfg: DictConfig) -> dict:
     pairs = [(name, *pair) for name, source_pairs in by_source.items() for pair in source_pairs]
     if not pairs:
         raise FileNotFoundError(f"no photos in split {cfg.data.split!r} of {_data_name(cfg.data)}")
-    model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device, cfg.precision, cfg.compile, cfg.onnx_cache)
-    threshold = resolve_threshold(cfg.ckpt, model.hparams.threshold, cfg.threshold, cfg.scales)
-    tile = int(cfg.tile if cfg.tile is not None else model.hparams.val_tile)
-    predictor = Predictor(model, cfg.scales, tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision, cfg.compile)
+    predictor, threshold = predictor_from_config(cfg)
     output = Path(cfg.output)
     log.info("%d photo(s) of %s/%s on %s (%s), scales %s, threshold %.3f", len(pairs), _data_name(cfg.data), cfg.data.split,
-             model.device, type(model).__name__, list(cfg.scales), threshold)
+             predictor.device, type(predictor.model).__name__, list(cfg.scales), threshold)
 
     exact, tolerant, histograms, rows = metrics.Counts(), metrics.ToleranceCounts(), [], []
     source_counts = {name: metrics.Counts() for name in by_source}
@@ -157,7 +153,7 @@ def evaluate(cfg: DictConfig) -> dict:
     result = {k: round(v, 4) if isinstance(v, float) and "threshold" not in k else v for k, v in result.items()}
 
     options = ("overlap", "blend", "batch_size", "tolerance", "backend", "device", "precision", "compile")
-    settings = {"tile": tile, **{k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in options}}
+    settings = {"tile": predictor.tile, **{k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in options}}
     report = {**result, "settings": settings,
               "pr_curve": {"threshold": metrics.THRESHOLDS.tolist(), "precision": precision_curve.tolist(),
                            "recall": recall_curve.tolist()},

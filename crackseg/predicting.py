@@ -10,10 +10,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from crackseg.inference.backends import load_for_prediction
+from crackseg.inference.backends import predictor_from_config
 from crackseg.inference.predictor import Predictor
 from crackseg.inference.tiling import TileCounts
-from crackseg.models.thresholds import resolve_threshold
 from crackseg.io import IMAGE_SUFFIXES, ImageReadError, claimed, read_mask, read_photo, remove_stale_temp_files
 from crackseg.measure import measure_mask
 from crackseg.options import check_inference_options
@@ -62,17 +61,13 @@ def predict(cfg: DictConfig) -> int:
     check_inference_options(cfg)
     photos = find_photos(str(cfg.input), Path(cfg.output))
     settings = measure_settings(cfg)
-    model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device, cfg.precision, cfg.compile, cfg.onnx_cache)
-    threshold = resolve_threshold(cfg.ckpt, model.hparams.threshold, cfg.threshold, cfg.scales)
-    tile = int(cfg.tile if cfg.tile is not None else model.hparams.val_tile)
-    predictor = Predictor(model, cfg.scales, tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision, cfg.compile,
-                          cascade_threshold=threshold if cfg.cascade else None)
+    predictor, threshold = predictor_from_config(cfg, cascade=cfg.cascade)
     output_dir = Path(cfg.output)
     output_dir.mkdir(parents=True, exist_ok=True)
     for path in remove_stale_temp_files(output_dir):
         log.info("removed %s, left by a run killed while writing", path)
-    log.info("%d photo(s) -> %s on %s (%s), scales %s, tile %d, threshold %.3f", len(photos), output_dir, model.device,
-             type(model).__name__, list(cfg.scales), tile, threshold)
+    log.info("%d photo(s) -> %s on %s (%s), scales %s, tile %d, threshold %.3f", len(photos), output_dir,
+             predictor.device, type(predictor.model).__name__, list(cfg.scales), predictor.tile, threshold)
 
     stems = [p.stem for p in photos]
     duplicates = {s for s in stems if stems.count(s) > 1}
@@ -89,7 +84,7 @@ def predict(cfg: DictConfig) -> int:
     failed = sum(r["status"].startswith("failed") for r in rows)
     write_summary(output_dir / "summary.csv", rows)
     if cfg.measure:
-        write_batch_outputs(output_dir, rows, _report_settings(cfg, tile, threshold, settings))
+        write_batch_outputs(output_dir, rows, _report_settings(cfg, predictor.tile, threshold, settings))
     log.info("done: %d ok, %d skipped, %d failed; summary: %s", sum(r["status"].startswith("ok") for r in rows),
              sum(r["status"].startswith("skipped") for r in rows), failed, output_dir / "summary.csv")
     return failed

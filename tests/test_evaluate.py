@@ -9,9 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from crackseg.evaluating import evaluate, split_pairs
 from crackseg.evaluation import metrics

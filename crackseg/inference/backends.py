@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from omegaconf import DictConfig
 
 from crackseg.inference.onnx import OnnxModel, cached_export
+from crackseg.inference.predictor import Predictor
 from crackseg.models.checkpoints import CheckpointError, load_model
+from crackseg.models.thresholds import resolve_threshold
 
 if TYPE_CHECKING:
     from crackseg.models.module import CrackSegModule
@@ -63,3 +66,15 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def predictor_from_config(cfg: DictConfig, cascade: bool = False) -> tuple[Predictor, float]:
+    """The predictor of the inference options (conf/inference/default.yaml) and its threshold
+    (given, else chosen on validation data at these scales, else the trained one); ``cascade``
+    skips the tiles that cannot change the mask at that threshold."""
+    model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device, cfg.precision, cfg.compile, cfg.onnx_cache)
+    threshold = resolve_threshold(cfg.ckpt, model.hparams.threshold, cfg.threshold, cfg.scales)
+    tile = int(cfg.tile if cfg.tile is not None else model.hparams.val_tile)
+    predictor = Predictor(model, cfg.scales, tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision, cfg.compile,
+                          cascade_threshold=threshold if cascade else None)
+    return predictor, threshold

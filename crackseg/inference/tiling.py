@@ -7,7 +7,7 @@ source-resolution map instead of materialising every rescaled photo.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
