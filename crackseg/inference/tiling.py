@@ -216,7 +216,7 @@ def sliding_window(
     Scales run cheapest first (fewest tiles). ``threshold``: the cascade. Every value is in
     [0, 1], so where the scales computed so far sum below ``n * threshold`` minus the number of
     scales left, the mean stays below the threshold whatever they say: a tile of a later scale
-    whose footprint holds no other pixel is skipped. ``mean >= threshold`` is then exactly what
+    whose footprint holds only such pixels is skipped. ``mean >= threshold`` is then exactly what
     the full computation gives (a pixel that can still be crack is covered only by computed
     tiles), while the returned mean is exact only there; elsewhere it lacks the skipped tiles'
     share and stays below the threshold. ``counts`` is filled with the tiles computed and skipped.
