@@ -8,8 +8,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from crackseg.inference.predictor import Predictor
-from tests.conftest import ROOT
-from tests.test_train import TINY_MODEL
+from tests.conftest import ROOT, TINY_MODEL
 
 
 @pytest.mark.slow

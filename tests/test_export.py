@@ -20,18 +20,17 @@ from crackseg.models.thresholds import resolve_threshold, write_threshold
 from crackseg.io import write_image
 from crackseg.models.module import CrackSegModule
 from crackseg.predicting import predict
-from tests.conftest import ROOT
-from tests.test_predict import _copy_photos, _predict_cfg, checkpoint  # noqa: F401 - the trained fixture
+from tests.conftest import ROOT, copy_photos as _copy_photos, predict_cfg as _predict_cfg
 
 
 @pytest.fixture(scope="module")
-def exported(checkpoint, tmp_path_factory):  # noqa: F811
+def exported(checkpoint, tmp_path_factory):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("export", overrides=[f"ckpt={checkpoint}", f"out={tmp_path_factory.mktemp('onnx') / 'm.onnx'}"])
     return export(cfg)
 
 
-def test_onnx_matches_pytorch_at_any_batch_and_size(checkpoint, exported):  # noqa: F811
+def test_onnx_matches_pytorch_at_any_batch_and_size(checkpoint, exported):
     model, session = load_model(checkpoint), OnnxModel(exported)
     for shape in [(3, 3, 64, 64), (1, 3, 50, 90)]:
         tiles = torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 255
@@ -45,7 +44,7 @@ def test_onnx_matches_pytorch_at_any_batch_and_size(checkpoint, exported):  # no
     assert session.hparams.threshold == 0.5 and session.hparams.val_tile == 64
 
 
-def test_fp16_export_is_a_half_size_checkpoint_that_predicts_alike(checkpoint, tmp_path):  # noqa: F811
+def test_fp16_export_is_a_half_size_checkpoint_that_predicts_alike(checkpoint, tmp_path):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("export", overrides=[f"ckpt={checkpoint}", "format=fp16", f"out={tmp_path / 'slim.ckpt'}"])
     slim = export(cfg)
@@ -61,7 +60,7 @@ def test_fp16_export_is_a_half_size_checkpoint_that_predicts_alike(checkpoint, t
     assert slim.stat().st_size < 0.5 * net_bytes + 100_000
 
 
-def test_predict_with_onnx_runtime_matches_the_checkpoint(checkpoint, exported, tiny_dataset, tmp_path):  # noqa: F811
+def test_predict_with_onnx_runtime_matches_the_checkpoint(checkpoint, exported, tiny_dataset, tmp_path):
     photo = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
     model = load_for_prediction(exported)
     assert isinstance(model, OnnxModel)
@@ -83,7 +82,7 @@ def test_predict_with_onnx_runtime_matches_the_checkpoint(checkpoint, exported, 
     assert len(list((tmp_path / "cache").glob("*.onnx"))) == 1  # the default CPU route exported the checkpoint
 
 
-def test_checkpoint_on_cpu_runs_in_onnx_runtime_exported_once(checkpoint, tmp_path, monkeypatch, caplog):  # noqa: F811
+def test_checkpoint_on_cpu_runs_in_onnx_runtime_exported_once(checkpoint, tmp_path, monkeypatch, caplog):
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(checkpoint.read_bytes())
     cache = tmp_path / "cache"
@@ -129,7 +128,7 @@ def test_onnx_file_takes_the_threshold_chosen_beside_it(exported, tmp_path):
     assert resolve_threshold(model, trained, None, [1]) == 0.61
 
 
-def test_bad_onnx_files_and_backends_raise_clear_errors(checkpoint, tmp_path):  # noqa: F811
+def test_bad_onnx_files_and_backends_raise_clear_errors(checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="ONNX model not found: .*missing.onnx"):
         load_for_prediction(tmp_path / "missing.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"junk")
@@ -153,7 +152,7 @@ def test_foreign_onnx_model_is_refused(tmp_path):
         OnnxModel(tmp_path / "other.onnx")
 
 
-def test_clis_exit_non_zero_on_bad_input(checkpoint, tmp_path):  # noqa: F811
+def test_clis_exit_non_zero_on_bad_input(checkpoint, tmp_path):
     for args, message in [([f"ckpt={tmp_path / 'none.ckpt'}"], "checkpoint not found"),
                           ([f"ckpt={checkpoint}", "format=tflite"], "format must be one of onnx, fp16")]:
         result = subprocess.run([sys.executable, str(ROOT / "export.py"), *args, f"hydra.run.dir={tmp_path / 'run'}"],

@@ -10,7 +10,7 @@ import torch
 from crackseg.data.mining import HardNegativeMining
 from crackseg.data.tiles import BalancedTileSampler
 from crackseg.training import train
-from tests.test_train import _train_cfg
+from tests.conftest import train_cfg as _train_cfg
 
 
 def _labels() -> np.ndarray:

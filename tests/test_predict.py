@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from crackseg.inference.predictor import Predictor
 from crackseg.models.checkpoints import CheckpointError, load_model
@@ -16,27 +15,7 @@ from crackseg.inference.tiling import count_tiles
 from crackseg.io import read_mask, write_image
 from crackseg.predicting import predict
 from crackseg.report.writers import find_contours
-from crackseg.training import train
-from tests.conftest import ROOT
-from tests.test_train import _train_cfg
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    cfg = _train_cfg(out, "data=folder", f"data.root={tiny_dataset}", "data.tile=64", "data.tiles_per_epoch=8",
-                     "data.batch_size=4", "trainer.max_epochs=1")
-    train(cfg)
-    return out / "checkpoints" / "last.ckpt"
-
-
-def _predict_cfg(**overrides):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("predict", overrides=["ckpt=x", "input=x", "output=x", "tile=64", "batch_size=4",
-                                                "backend=torch"])
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
+from tests.conftest import ROOT, copy_photos as _copy_photos, predict_cfg as _predict_cfg
 
 
 def test_checkpoint_loads_without_the_training_config(checkpoint):
@@ -250,13 +229,6 @@ def test_cli_exits_non_zero_on_a_missing_checkpoint(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode != 0 and "checkpoint not found" in result.stderr
-
-
-def _copy_photos(tiny_dataset, folder, n=2):
-    for src in sorted((tiny_dataset / "images" / "train").glob("*.jpg"))[:n]:
-        folder.mkdir(exist_ok=True)
-        (folder / src.name).write_bytes(src.read_bytes())
-    return folder
 
 
 def test_batch_measures_cracks_and_writes_the_report(checkpoint, tiny_dataset, tmp_path):

@@ -4,30 +4,10 @@ import json
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from crackseg.models.checkpoints import CheckpointError
 from crackseg.training import train
-from tests.conftest import ROOT, SHARED_DATA, needs_shared
-
-TINY_MODEL = ["model=unet_classic", "model.net.base_channels=4", "model.net.depth=2", "model.log_images=1"]
-
-
-def _train_cfg(tmp_path, *overrides):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                f"paths.output_dir={tmp_path}",
-                f"paths.cache_dir={tmp_path / 'cache'}",
-                "data.num_workers=0",
-                "trainer.accelerator=cpu",
-                "trainer.enable_progress_bar=false",
-                *TINY_MODEL,
-                *overrides,
-            ],
-        )
-
+from tests.conftest import ROOT, SHARED_DATA, TINY_MODEL, needs_shared, train_cfg as _train_cfg
 
 def test_one_epoch_writes_checkpoints_tensorboard_and_summary(tmp_path, tiny_dataset):
     cfg = _train_cfg(

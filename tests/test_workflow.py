@@ -18,8 +18,7 @@ from omegaconf import OmegaConf
 from crackseg import sweeps
 from crackseg.data.tiles import BalancedTileSampler
 from crackseg.training import AtomicCheckpointIO, train
-from tests.conftest import ROOT
-from tests.test_train import TINY_MODEL, _train_cfg
+from tests.conftest import ROOT, TINY_MODEL, train_cfg as _train_cfg
 
 TINY_SYNTHETIC = ["data.synthetic.width=300", "data.synthetic.height=200", "data.batch_size=4"]
 
