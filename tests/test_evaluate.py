@@ -146,3 +146,12 @@ def test_several_datasets_are_evaluated_together_and_each_on_its_own(red_checkpo
     assert result["split"] == "a+b:val"
     rows = list(csv.DictReader((tmp_path / "run" / "per_photo.csv").open()))
     assert [r["source"] for r in rows] == ["a", "a", "b", "b", "b"]
+
+
+def test_threshold_files_of_the_older_one_threshold_layout_still_apply(tmp_path):
+    model = tmp_path / "m.ckpt"
+    threshold_path(model).write_text(json.dumps({"threshold": 0.3}))  # no scales recorded: any scales
+    assert resolve_threshold(model, 0.5, None, [1]) == resolve_threshold(model, 0.5, None, [1, 2]) == 0.3
+    threshold_path(model).write_text(json.dumps({"threshold": 0.4, "scales": [1]}))
+    assert resolve_threshold(model, 0.5, None, [1]) == 0.4 and resolve_threshold(model, 0.5, None, [1, 2]) == 0.5
+    assert read_thresholds(model) == {"1": {"threshold": 0.4, "scales": [1]}}

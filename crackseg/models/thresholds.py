@@ -58,22 +58,16 @@ def write_threshold(model_path: str | Path, threshold: float, scales: Sequence[f
     return path
 
 
-def chosen_threshold(model_path: str | Path, scales: Sequence[float]) -> float | None:
-    """The threshold chosen on validation data at ``scales``, or None."""
-    entries = read_thresholds(model_path)
-    entry = entries.get(scales_key(scales), entries.get(ANY_SCALES))
-    return None if entry is None else entry["threshold"]
-
-
 def resolve_threshold(model_path: str | Path, trained: float, threshold: float | None, scales: Sequence[float]) -> float:
     """``threshold`` when given, else the one chosen on validation data at these ``scales``, else
     the ``trained`` one (with a warning when thresholds exist only for other scales)."""
     if threshold is not None:
         return float(threshold)
-    chosen = chosen_threshold(model_path, scales)
+    entries = read_thresholds(model_path)  # one read of the file
+    chosen = entries.get(scales_key(scales), entries.get(ANY_SCALES))
     if chosen is not None:
-        return chosen
-    others = sorted(read_thresholds(model_path))
+        return chosen["threshold"]
+    others = sorted(entries)
     if others:
         log.warning("%s has thresholds chosen at scales %s, not %s: using the trained threshold %.3f (evaluate the "
                     "val split at these scales to choose one, or set threshold=)", threshold_path(model_path),
