@@ -32,17 +32,30 @@ class ImageReadError(ValueError):
     """A photo or mask that cannot be used; the message names the file and the problem."""
 
 
-def header_size(path: Path) -> tuple[int, int] | None:
-    """``(width, height)`` from the file's header alone (Pillow reads no pixels), or None when
-    Pillow does not know the format; OpenCV has no header-only read."""
+def _check_with_pillow(path: Path, what: str, max_megapixels: float | None) -> None:
+    """Refuse a file whose header claims more than ``max_megapixels`` (read by Pillow: OpenCV has no
+    header-only read), or that Pillow finds ending before its header or image data does: OpenCV cannot
+    tell, libjpeg fills a cut JPEG with grey and only prints a warning. What Pillow cannot read for
+    another reason is left to OpenCV."""
     from PIL import Image
 
-    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size is what we want to know
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # max_megapixels is the limit, checked below
     try:
         with Image.open(path) as image:
-            return image.size
-    except Exception:  # noqa: BLE001 - unknown or broken header: the decoder will say what is wrong
-        return None
+            width, height = image.size
+            if max_megapixels is not None and width * height > max_megapixels * 1e6:
+                raise ImageReadError(f"{what} is {width}x{height} ({width * height / 1e6:.0f} MP), above "
+                                     f"max_megapixels={max_megapixels:g}: {path}")
+            if image.format == "PNG":
+                image.verify()  # reads every chunk to the end and checks its CRC, decoding no pixel
+            else:
+                image.draft("L", (1, 1))  # a JPEG is still read to its end, but decoded gray at 1/8 scale
+                image.load()
+    except ImageReadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - what Pillow cannot read, OpenCV may: it decides next
+        if "truncated" in str(err).lower():  # Pillow's words for a file that ends too early
+            raise ImageReadError(f"{what} is truncated or incomplete (Pillow: {err}): {path}") from err
     finally:
         Image.MAX_IMAGE_PIXELS = limit
 
@@ -53,18 +66,10 @@ def _read(path: str | Path, what: str, max_megapixels: float | None = None) -> n
         raise ImageReadError(f"{what} not found: {path}")
     if path.stat().st_size == 0:
         raise ImageReadError(f"{what} is an empty file: {path}")
-    size = header_size(path) if max_megapixels is not None else None
-    if size is not None and size[0] * size[1] > max_megapixels * 1e6:
-        raise ImageReadError(f"{what} is {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.0f} MP), above "
-                             f"max_megapixels={max_megapixels:g}: {path}")
-    if path.suffix.lower() in (".jpg", ".jpeg"):
-        with path.open("rb") as f:
-            f.seek(max(0, path.stat().st_size - 4096))
-            if b"\xff\xd9" not in f.read():
-                raise ImageReadError(f"{what} is a truncated JPEG (no end-of-image marker): {path}")
+    _check_with_pillow(path, what, max_megapixels)
     array = cv2.imread(str(path), _READ_FLAGS)
     if array is None or array.size == 0:
-        raise ImageReadError(f"{what} is unreadable or corrupt: {path}")
+        raise ImageReadError(f"{what} is not a readable image (corrupt, or a format OpenCV cannot decode): {path}")
     return array
 
 
@@ -81,7 +86,7 @@ def read_photo(path: str | Path, max_megapixels: float | None = None) -> np.ndar
 
     EXIF orientation is applied; grayscale becomes 3 equal channels; 16-bit is scaled to
     8-bit by its high byte; an alpha channel is dropped. A photo whose header claims more than
-    ``max_megapixels`` is refused before decoding.
+    ``max_megapixels`` is refused before decoding, and one its decoder finds truncated is refused.
     """
     array = _to_uint8(_read(path, "photo", max_megapixels), Path(path), "photo")
     if array.ndim == 2:

@@ -140,3 +140,48 @@ def test_a_lock_is_held_once_and_taken_over_only_from_a_dead_run(tmp_path):
     with claimed(lock) as mine:
         assert mine
     assert not list(tmp_path.iterdir())
+
+
+def _noise(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_a_jpeg_with_bytes_after_its_end_marker_reads_as_the_clean_one(tmp_path):
+    write_image(tmp_path / "clean.jpg", _noise(40, 60))
+    (tmp_path / "tail.jpg").write_bytes((tmp_path / "clean.jpg").read_bytes() + b"\0" * 5000)  # no end marker near the end
+    np.testing.assert_array_equal(read_photo(tmp_path / "tail.jpg"), read_photo(tmp_path / "clean.jpg"))
+
+
+def test_a_cut_jpeg_is_refused_even_with_an_end_marker_near_its_cut(tmp_path):
+    import io
+
+    from PIL import Image
+
+    thumbnail = io.BytesIO()
+    Image.fromarray(_noise(8, 8, 1)).save(thumbnail, "JPEG")  # a whole JPEG inside the file, as an EXIF thumbnail is
+    Image.fromarray(_noise(24, 24)).save(tmp_path / "p.jpg", quality=95, comment=thumbnail.getvalue())
+    data = (tmp_path / "p.jpg").read_bytes()
+    start = data.rindex(b"\xff\xda")  # the photo's own coded data begins here, after the thumbnail
+    cut = data[: (start + len(data)) // 2]
+    assert b"\xff\xd9" in cut[-4096:]  # an end-of-image marker is still in the last 4 KB
+    (tmp_path / "cut.jpg").write_bytes(cut)
+    with pytest.raises(ImageReadError, match=r"truncated or incomplete.*cut\.jpg"):
+        read_photo(tmp_path / "cut.jpg")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_a_cut_png_or_tiff_is_refused_as_truncated(tmp_path, suffix):
+    from PIL import Image
+
+    Image.fromarray(_noise(30, 40)).save(tmp_path / f"p{suffix}")
+    data = (tmp_path / f"p{suffix}").read_bytes()
+    (tmp_path / f"cut{suffix}").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match=rf"truncated or incomplete.*cut\{suffix}"):
+        read_photo(tmp_path / f"cut{suffix}")
+
+
+def test_random_bytes_named_jpg_are_not_called_a_truncated_jpeg(tmp_path):
+    (tmp_path / "noise.jpg").write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(ImageReadError, match=r"not a readable image.*noise\.jpg") as err:
+        read_photo(tmp_path / "noise.jpg")
+    assert "truncated" not in str(err.value)
