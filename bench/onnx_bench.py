@@ -46,14 +46,14 @@ def _seconds(fn) -> float:
 def main(args: argparse.Namespace) -> dict:
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={args.model}", f"data.tile={args.tile}"])
-    model = hydra.utils.instantiate(cfg.model, net_config="").eval()
+    model = hydra.utils.instantiate(cfg.model, net_config="").net.eval()
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         onnx_model = OnnxModel(export_onnx(model, Path(tmp) / "model.onnx"))
         export_s = time.perf_counter() - started
     tiles = torch.rand(args.batch_size, 3, args.tile, args.tile, generator=torch.Generator().manual_seed(0)) * 255
     backends = {"torch": model, "onnxruntime": onnx_model}
-    runs = {name: lambda m=m: m.predict_probabilities(tiles) for name, m in backends.items()}
+    runs = {name: lambda m=m: m(tiles) for name, m in backends.items()}
     if args.compile:
         compiled = Predictor(model, compile=True)._forward
         with torch.no_grad():

@@ -85,7 +85,7 @@ def _model(name: str, channels_last: bool = True):
     torch.manual_seed(0)
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={name}", f"model.channels_last={channels_last}", "paths.output_dir=/tmp"])
-    return hydra.utils.instantiate(cfg.model, net_config=OmegaConf.to_yaml(cfg.model.net)).eval()
+    return hydra.utils.instantiate(cfg.model, net_config=OmegaConf.to_yaml(cfg.model.net)).net.eval()
 
 
 def _predicting_model(args, device):
@@ -101,7 +101,7 @@ def route_export(args) -> dict:
     from crackseg.inference.onnx import export_onnx
 
     model = _model(args.model)
-    model.hparams.val_tile = args.tile
+    model.tile = args.tile
     started = time.perf_counter()
     export_onnx(model, args.onnx)
     return {"export_s": time.perf_counter() - started, "peak_rss_gib": _peak_rss_gib()}

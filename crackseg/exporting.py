@@ -27,5 +27,5 @@ def export(cfg: DictConfig) -> Path:
         export_onnx(model, out, cfg.opset)
     else:
         save_slim_checkpoint(model, out)
-    log.info("exported %s -> %s (threshold %.3f, tile %d)", cfg.ckpt, out, model.hparams.threshold, model.hparams.val_tile)
+    log.info("exported %s -> %s (threshold %.3f, tile %d)", cfg.ckpt, out, model.threshold, model.tile)
     return out

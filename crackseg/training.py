@@ -47,7 +47,7 @@ def init_net_from(model: pl.LightningModule, path: str | Path) -> None:
     ``models/crackseg-general.ckpt``) to fine-tune it; the nets must have the same shape."""
     trained = load_model(path)
     try:
-        model.net.load_state_dict(trained.net.state_dict())
+        model.net.load_state_dict(trained.state_dict())
     except RuntimeError as err:
         raise CheckpointError(f"init_from={path}: its net differs from the configured model.net "
                               f"(train with the same model config):\n{err}") from err

@@ -16,7 +16,7 @@ def test_compiled_predictor_matches_eager():
     torch.manual_seed(0)
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["paths.output_dir=/tmp", *TINY_MODEL])
-    model = hydra.utils.instantiate(cfg.model, net_config=OmegaConf.to_yaml(cfg.model.net)).eval()
+    model = hydra.utils.instantiate(cfg.model, net_config=OmegaConf.to_yaml(cfg.model.net)).net.eval()
     photo = np.random.default_rng(0).integers(0, 256, (90, 70, 3), dtype=np.uint8)
     eager = Predictor(model, tile=32, batch_size=4)(photo)
     compiled = Predictor(model, tile=32, batch_size=4, compile=True)

@@ -80,7 +80,7 @@ def test_val_evaluation_stores_the_ods_threshold_for_prediction(red_checkpoint, 
     result = evaluate(_cfg(red_checkpoint, root, tmp_path, "data.split=val"))
     stored = json.loads(threshold_path(red_checkpoint).read_text())["by_scales"]["1"]
     assert stored["threshold"] == result["ods_threshold"] and stored["photos"] == 2 and stored["scales"] == [1]
-    trained = load_model(red_checkpoint).hparams.threshold
+    trained = load_model(red_checkpoint).threshold
     with caplog.at_level(logging.WARNING, logger="crackseg.models.thresholds"):
         assert resolve_threshold(red_checkpoint, trained, None, [1.0]) == stored["threshold"]
         assert not caplog.records

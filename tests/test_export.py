@@ -18,7 +18,7 @@ from crackseg.inference.predictor import Predictor
 from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.models.thresholds import resolve_threshold, write_threshold
 from crackseg.io import write_image
-from crackseg.models.module import CrackSegModule
+from crackseg.models.nets import CrackSegNet
 from crackseg.predicting import predict
 from tests.conftest import ROOT, copy_photos as _copy_photos, predict_cfg as _predict_cfg
 
@@ -35,13 +35,13 @@ def test_onnx_matches_pytorch_at_any_batch_and_size(checkpoint, exported):
     for shape in [(3, 3, 64, 64), (1, 3, 50, 90)]:
         tiles = torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 255
         with torch.no_grad():
-            expected = model.predict_probabilities(tiles).numpy()
+            expected = model(tiles).numpy()
         result = session.run(tiles.numpy())
         assert result.shape == (shape[0], 1, *shape[2:])
         np.testing.assert_allclose(result, expected, atol=1e-4)
     meta = {p.key: p.value for p in onnx.load(exported).metadata_props}
     assert meta == {"crackseg.threshold": "0.5", "crackseg.tile": "64"}
-    assert session.hparams.threshold == 0.5 and session.hparams.val_tile == 64
+    assert session.threshold == 0.5 and session.tile == 64
 
 
 def test_fp16_export_is_a_half_size_checkpoint_that_predicts_alike(checkpoint, tmp_path):
@@ -52,10 +52,10 @@ def test_fp16_export_is_a_half_size_checkpoint_that_predicts_alike(checkpoint, t
     assert set(stored) == {"hyper_parameters", "state_dict"}
     assert all(v.dtype == torch.float16 for v in stored["state_dict"].values() if v.is_floating_point())
     original, half = load_model(checkpoint), load_model(slim)
-    assert half.hparams.val_tile == original.hparams.val_tile and half.hparams.threshold == original.hparams.threshold
+    assert half.tile == original.tile and half.threshold == original.threshold
     tiles = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4)) * 255
     with torch.no_grad():
-        np.testing.assert_allclose(half.predict_probabilities(tiles), original.predict_probabilities(tiles), atol=2e-3)
+        np.testing.assert_allclose(half(tiles), original(tiles), atol=2e-3)
     net_bytes = sum(v.numel() * 4 for k, v in torch.load(checkpoint, weights_only=False)["state_dict"].items() if k.startswith("net."))
     assert slim.stat().st_size < 0.5 * net_bytes + 100_000
 
@@ -87,11 +87,11 @@ def test_checkpoint_on_cpu_runs_in_onnx_runtime_exported_once(checkpoint, tmp_pa
     ckpt.write_bytes(checkpoint.read_bytes())
     cache = tmp_path / "cache"
     model = load_for_prediction(ckpt, onnx_cache=cache)
-    assert isinstance(model, OnnxModel) and model.hparams.threshold == 0.5 and model.hparams.val_tile == 64
+    assert isinstance(model, OnnxModel) and model.threshold == 0.5 and model.tile == 64
     [cached] = cache.glob("model-*.onnx")
     tiles = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 255
     with torch.no_grad():
-        np.testing.assert_allclose(model.predict_probabilities(tiles), load_model(ckpt).predict_probabilities(tiles),
+        np.testing.assert_allclose(model(tiles), load_model(ckpt)(tiles),
                                    atol=1e-4)
 
     def no_export(*args, **kwargs):
@@ -111,18 +111,18 @@ def test_checkpoint_on_cpu_runs_in_onnx_runtime_exported_once(checkpoint, tmp_pa
     torch.save({**torch.load(other, weights_only=True), "epoch": 99}, other)
     with caplog.at_level(logging.WARNING):
         fallback = load_for_prediction(other, onnx_cache=cache)
-    assert isinstance(fallback, CrackSegModule) and "the exporter broke" in caplog.text
+    assert isinstance(fallback, CrackSegNet) and "the exporter broke" in caplog.text
     with pytest.raises(RuntimeError, match="the exporter broke"):
         load_for_prediction(other, backend="onnxruntime", onnx_cache=cache)
     # autocast or compile run in PyTorch; no cache folder: PyTorch
     for options in [{"precision": "bf16"}, {"compile": True}, {"onnx_cache": None}]:
-        assert isinstance(load_for_prediction(other, **{"onnx_cache": cache, **options}), CrackSegModule)
+        assert isinstance(load_for_prediction(other, **{"onnx_cache": cache, **options}), CrackSegNet)
 
 
 def test_onnx_file_takes_the_threshold_chosen_beside_it(exported, tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes(exported.read_bytes())
-    trained = OnnxModel(model).hparams.threshold
+    trained = OnnxModel(model).threshold
     assert trained == 0.5 and resolve_threshold(model, trained, None, [1]) == 0.5
     write_threshold(model, 0.61, [1], {})
     assert resolve_threshold(model, trained, None, [1]) == 0.61

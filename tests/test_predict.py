@@ -13,6 +13,7 @@ from crackseg.inference.predictor import Predictor
 from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.inference.tiling import count_tiles
 from crackseg.io import read_mask, write_image
+from crackseg.models.module import CrackSegModule
 from crackseg.predicting import predict
 from crackseg.report.writers import find_contours
 from tests.conftest import ROOT, copy_photos as _copy_photos, predict_cfg as _predict_cfg
@@ -20,7 +21,7 @@ from tests.conftest import ROOT, copy_photos as _copy_photos, predict_cfg as _pr
 
 def test_checkpoint_loads_without_the_training_config(checkpoint):
     model = load_model(checkpoint)
-    assert not model.training and model.hparams.threshold == 0.5
+    assert not model.training and model.threshold == 0.5 and model.tile == 64
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 40, 50, dtype=torch.uint8)).shape == (1, 1, 40, 50)
 
@@ -47,8 +48,8 @@ def test_single_scale_prediction_is_the_validation_tiler(checkpoint, tiny_datase
     model = load_model(checkpoint)
     photo = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
     prob = Predictor(model, scales=[1], tile=64, overlap=0.25)(photo)
-    model.hparams.val_tile = 64
-    expected = model.predict_photo(torch.from_numpy(photo).permute(2, 0, 1))[0].numpy()
+    validating = CrackSegModule(net=model.net, loss=torch.nn.BCEWithLogitsLoss(), optimizer=None, val_tile=64).eval()
+    expected = validating.predict_photo(torch.from_numpy(photo).permute(2, 0, 1))[0].numpy()
     np.testing.assert_allclose(prob, expected, atol=1e-6)
     multi = Predictor(model, scales=[1, 2, 0.5], tile=64)(photo)
     assert multi.shape == (70, 90) and multi.dtype == np.float32 and 0 <= multi.min() <= multi.max() <= 1

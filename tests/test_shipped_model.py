@@ -22,7 +22,7 @@ def test_the_shipped_model_is_small_loads_and_carries_a_threshold_per_scale_set(
     stored = torch.load(SHIPPED, weights_only=True)
     assert set(stored) == {"hyper_parameters", "state_dict"}
     model = load_model(SHIPPED)
-    assert model.hparams.val_tile == 256
+    assert model.tile == 256
     thresholds = read_thresholds(SHIPPED)
     assert set(thresholds) == {"1", "1,2,0.5"} and all(0 < e["threshold"] < 1 for e in thresholds.values())
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):

