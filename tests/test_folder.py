@@ -64,3 +64,22 @@ def test_sources_complete_their_settings_and_hold_out_test_photos(tmp_path):
         data_sources(OmegaConf.create({"sources": {"c": {"weight": 1}}}))
     with pytest.raises(ValueError, match="takes only"):
         data_sources(OmegaConf.create({"sources": {"c": {"root": "r", "tile": 3}}}))
+
+
+def test_a_train_photo_that_copies_a_val_photo_is_left_out_of_training(tiny_dataset, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from crackseg.data.datamodule import CrackDataModule
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root)
+    [val_photo] = (root / "images" / "val").glob("*.jpg")
+    shutil.copy(val_photo, root / "images" / "train" / "copy.jpg")
+    shutil.copy(root / "masks" / "val" / f"{val_photo.stem}.png", root / "masks" / "train" / "copy.png")
+    datamodule = CrackDataModule(str(root), cache_dir=str(tmp_path / "cache"), tile=64)
+    with caplog.at_level(logging.WARNING, logger="crackseg.data.datamodule"):
+        datamodule.setup()
+    train_stems = {p.source.stem for p in datamodule.train_pairs}
+    assert len(train_stems) == 4 and "copy" not in train_stems
+    assert f"copy.jpg is left out of training: it is a copy of the val photo {val_photo}" in caplog.text

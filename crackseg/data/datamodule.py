@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from crackseg.data import synthetic
 from crackseg.data.cache import CachedPair, cache_pair
-from crackseg.data.folder import data_sources, source_splits
+from crackseg.data.folder import data_sources, source_splits, without_copies
 from crackseg.data.tiles import BalancedTileSampler, PhotoDataset, TileDataset, TileIndex
 from crackseg.io import ImageReadError
 
@@ -27,7 +27,7 @@ class CrackDataModule(pl.LightningDataModule):
     ``synthetic``: generator parameters; the dataset is generated into ``root`` when missing.
     ``scale_range``: training tiles show their photo rescaled log-uniformly in ``[lo, hi]``.
     ``holdout_split``: train photos whose stem is also in ``images/<holdout_split>/`` (a test
-    split) are left out of training.
+    split) are left out of training, and so is any train photo whose bytes equal a val photo's.
 
     ``sources``: several datasets trained together instead of ``root``: ``{name: {root, weight,
     and any of train_split, val_split, val_fraction, split_seed, holdout_split}}``. Each class's tiles (crack,
@@ -91,8 +91,12 @@ class CrackDataModule(pl.LightningDataModule):
         hp = self.hparams
         cache = Path(hp.cache_dir)
         train_photo_sources = []
-        for i, source in enumerate(data_sources(hp).values()):
-            train, val = source_splits(source)
+        splits = [source_splits(source) for source in data_sources(hp).values()]
+        all_val = [pair for _, val in splits for pair in val]
+        for i, (source, (train, val)) in enumerate(zip(data_sources(hp).values(), splits)):
+            train, copies = without_copies(train, all_val)
+            for copy, held in copies:
+                log.warning("%s is left out of training: it is a copy of the val photo %s", copy, held)
             self.train_pairs += [cache_pair(p, m, cache) for p, m in train]
             self.val_pairs += [cache_pair(p, m, cache) for p, m in val]
             train_photo_sources += [i] * len(train)

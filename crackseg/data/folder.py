@@ -6,6 +6,8 @@ flat ``images/`` + ``masks/`` that is split by photo (never by tile) with a seed
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +103,22 @@ def source_splits(source: dict) -> tuple[list[Pair], list[Pair]]:
         held_out = {p.stem for p, _ in match_pairs(root / "images" / split, root / "masks" / split)}
         train = [(p, m) for p, m in train if p.stem not in held_out]
     return train, val
+
+
+def without_copies(train: list[Pair], held_out: Iterable[Pair]) -> tuple[list[Pair], list[tuple[Path, Path]]]:
+    """``train`` less the photos whose bytes equal those of a held-out (val) photo: a copy in
+    training would make its score a training score. Returns the kept pairs and each dropped
+    ``(train photo, held-out photo)``."""
+    held = {_digest(p): p for p, _ in held_out}
+    kept, dropped = [], []
+    for pair in train:
+        copy_of = held.get(_digest(pair[0]))
+        if copy_of is None:
+            kept.append(pair)
+        else:
+            dropped.append((pair[0], copy_of))
+    return kept, dropped
+
+
+def _digest(path: Path) -> str:
+    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
