@@ -13,7 +13,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from crackseg.evaluating import evaluate
+    from crackseg.tasks.evaluate import evaluate
     from crackseg.models.checkpoints import CheckpointError
     from crackseg.io import ImageReadError
 

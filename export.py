@@ -12,7 +12,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    from crackseg.exporting import export
+    from crackseg.tasks.export import export
     from crackseg.models.checkpoints import CheckpointError
 
     try:

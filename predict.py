@@ -13,7 +13,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     from crackseg.models.checkpoints import CheckpointError
-    from crackseg.predicting import predict
+    from crackseg.tasks.predict import predict
 
     try:
         failed = predict(cfg)

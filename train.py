@@ -18,7 +18,7 @@ def main(cfg: DictConfig) -> float | None:
     from crackseg.models.checkpoints import CheckpointError
     from crackseg.io import ImageReadError
     from crackseg.options import OptionError
-    from crackseg.training import train
+    from crackseg.tasks.train import train
 
     try:
         best = train(cfg)

@@ -19,7 +19,6 @@ sys.path.insert(0, str(ROOT))
 
 import hydra  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
 
 def main(overrides: list[str], batches: int = 12) -> dict:

@@ -58,8 +58,8 @@ def main() -> None:
         return
 
     from crackseg.measure import measure_mask
-    from crackseg.report.cracks import write_crack_outputs
-    from crackseg.report.writers import output_paths
+    from crackseg.report.crack_outputs import write_crack_outputs
+    from crackseg.report.photo_outputs import output_paths
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
 
-from crackseg.inference.tiling import scale_factor
+from crackseg.tiling import scale_factor
 
 NET_MULTIPLE = 32  # the largest size multiple of the nets crackseg builds (smp U-Net: 32, classic: 16)
 

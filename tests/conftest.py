@@ -64,7 +64,7 @@ def train_cfg(tmp_path, *overrides):
 @pytest.fixture(scope="session")
 def checkpoint(tiny_dataset, tmp_path_factory) -> Path:
     """A tiny U-Net trained one epoch on the tiny dataset (shared by every test that predicts)."""
-    from crackseg.training import train
+    from crackseg.tasks.train import train
 
     out = tmp_path_factory.mktemp("run")
     cfg = train_cfg(out, "data=folder", f"data.root={tiny_dataset}", "data.tile=64", "data.tiles_per_epoch=8",

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from crackseg.evaluating import evaluate, split_pairs
-from crackseg.evaluation import metrics
+from crackseg.data.folder import split_pairs
+from crackseg.tasks.evaluate import evaluate
+from crackseg import metrics
 from crackseg.models.checkpoints import load_model
 from crackseg.models.thresholds import read_thresholds, resolve_threshold, threshold_path
 from crackseg.io import write_image

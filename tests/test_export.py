@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from crackseg.exporting import export
+from crackseg.tasks.export import export
 from crackseg.inference import onnx as onnx_module
 from crackseg.inference.onnx import OnnxModel
 from crackseg.inference.backends import load_for_prediction
@@ -19,7 +19,7 @@ from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.models.thresholds import resolve_threshold, write_threshold
 from crackseg.io import write_image
 from crackseg.models.nets import CrackSegNet
-from crackseg.predicting import predict
+from crackseg.tasks.predict import predict
 from tests.conftest import ROOT, copy_photos as _copy_photos, predict_cfg as _predict_cfg
 
 
@@ -101,7 +101,7 @@ def test_checkpoint_on_cpu_runs_in_onnx_runtime_exported_once(checkpoint, tmp_pa
     again = load_for_prediction(ckpt, onnx_cache=cache)
     assert isinstance(again, OnnxModel) and list(cache.glob("*.onnx")) == [cached]
     # from the cache, prediction never imports Lightning (0.26 GiB of RSS)
-    script = (f"import sys; from crackseg.predicting import predict; from crackseg.inference.backends import load_for_prediction;"
+    script = (f"import sys; from crackseg.tasks.predict import predict; from crackseg.inference.backends import load_for_prediction;"
               f"load_for_prediction({str(ckpt)!r}, onnx_cache={str(cache)!r}); print('pytorch_lightning' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT).stdout == "False\n"
 

@@ -50,7 +50,7 @@ def test_no_import_circle_inside_the_package():
 
 
 def test_prediction_and_evaluation_never_import_lightning():
-    modules = ["crackseg.predicting", "crackseg.evaluating", "crackseg.exporting", "crackseg.inference.backends"]
+    modules = ["crackseg.tasks.predict", "crackseg.tasks.evaluate", "crackseg.tasks.export", "crackseg.inference.backends"]
     script = f"import sys; import {', '.join(modules)}; print(sorted(m for m in sys.modules if 'lightning' in m))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
     assert result.stdout.strip() == "[]"

@@ -10,7 +10,7 @@ import pytest
 
 from crackseg.io import write_image
 from crackseg.measure import measure_mask
-from crackseg.report.cracks import crack_document, draw_widths, geojson, width_class, width_classes
+from crackseg.report.crack_outputs import crack_document, draw_widths, geojson, width_class, width_classes
 from tests.conftest import ROOT
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from crackseg.evaluation import metrics
+from crackseg import metrics
 
 
 def _line(shape=(50, 50), x=10) -> np.ndarray:

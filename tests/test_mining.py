@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from crackseg.data.mining import HardNegativeMining
-from crackseg.data.tiles import BalancedTileSampler
-from crackseg.training import train
+from crackseg.data.sampling import BalancedTileSampler
+from crackseg.tasks.train import train
 from tests.conftest import train_cfg as _train_cfg
 
 

@@ -11,11 +11,11 @@ import torch
 
 from crackseg.inference.predictor import Predictor
 from crackseg.models.checkpoints import CheckpointError, load_model
-from crackseg.inference.tiling import count_tiles
+from crackseg.tiling import count_tiles
 from crackseg.io import read_mask, write_image
 from crackseg.models.module import CrackSegModule
-from crackseg.predicting import predict
-from crackseg.report.writers import find_contours
+from crackseg.tasks.predict import predict
+from crackseg.report.photo_outputs import find_contours
 from tests.conftest import ROOT, copy_photos as _copy_photos, predict_cfg as _predict_cfg
 
 
@@ -148,7 +148,7 @@ def test_one_bad_photo_fails_alone_whatever_goes_wrong(red_checkpoint, tmp_path,
         photo[30:33, :, 0] = 255
         write_image(photos / f"{name}.png", photo)
     (photos / "huge.png").write_bytes(_png_claiming(60000, 60000))
-    import crackseg.predicting as predicting
+    import crackseg.tasks.predict as predicting
 
     measure = predicting.measure_mask
 

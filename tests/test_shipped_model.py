@@ -7,11 +7,11 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
-from crackseg.evaluation import metrics
+from crackseg import metrics
 from crackseg.models.checkpoints import load_model
 from crackseg.io import read_mask, read_pair, write_image
 from crackseg.models.thresholds import read_thresholds
-from crackseg.predicting import predict
+from crackseg.tasks.predict import predict
 from tests.conftest import ROOT, SHARED_DATA, needs_shared
 
 SHIPPED = ROOT / "models" / "crackseg-general.ckpt"

@@ -3,7 +3,7 @@ import torch
 
 import torch.nn.functional as F
 
-from crackseg.inference.tiling import (
+from crackseg.tiling import (
     TileCounts, blend_weights, count_tiles, scale_factor, sliding_window, stride_for, tile_grid, tile_starts,
 )
 

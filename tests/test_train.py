@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from crackseg.models.checkpoints import CheckpointError
-from crackseg.training import train
+from crackseg.tasks.train import train
 from tests.conftest import ROOT, SHARED_DATA, TINY_MODEL, needs_shared, train_cfg as _train_cfg
 
 def test_one_epoch_writes_checkpoints_tensorboard_and_summary(tmp_path, tiny_dataset):

@@ -16,8 +16,8 @@ import torch
 from omegaconf import OmegaConf
 
 from crackseg import sweeps
-from crackseg.data.tiles import BalancedTileSampler
-from crackseg.training import AtomicCheckpointIO, train
+from crackseg.data.sampling import BalancedTileSampler
+from crackseg.tasks.train import AtomicCheckpointIO, train
 from tests.conftest import ROOT, TINY_MODEL, train_cfg as _train_cfg
 
 TINY_SYNTHETIC = ["data.synthetic.width=300", "data.synthetic.height=200", "data.batch_size=4"]

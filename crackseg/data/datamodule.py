@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from crackseg.data import synthetic
 from crackseg.data.cache import CachedPair, cache_pair
 from crackseg.data.folder import data_sources, source_splits, without_copies
-from crackseg.data.tiles import BalancedTileSampler, PhotoDataset, TileDataset, TileIndex
+from crackseg.data.sampling import BalancedTileSampler, PhotoDataset, TileDataset, TileIndex
 from crackseg.io import ImageReadError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
 """Photo/mask pairs from a dataset folder.
 
 Layout: ``images/<split>/<stem>.<ext>`` + ``masks/<split>/<stem>.<ext>`` matched by stem, or a
-flat ``images/`` + ``masks/`` that is split by photo (never by tile) with a seeded ratio.
+flat ``images/`` + ``masks/`` that is split by photo (never by tile) with a seeded ratio; the
+synthetic generator's joints and borders labelled background in ``distractors/<split>/``.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from crackseg.io import IMAGE_SUFFIXES, ImageReadError
+from crackseg.data import synthetic
+from crackseg.io import IMAGE_SUFFIXES, ImageReadError, read_mask
 
 Pair = tuple[Path, Path]
 
@@ -122,3 +125,37 @@ def without_copies(train: list[Pair], held_out: Iterable[Pair]) -> tuple[list[Pa
 
 def _digest(path: Path) -> str:
     return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+
+
+def split_sources(data, split: str) -> dict[str, list[Pair]]:
+    """The ``(photo, mask)`` pairs of ``split`` per dataset, exactly as training saw them: the
+    data config's train/val splits (carved out of train when there is no val folder) or any
+    other folder; with several datasets (``data.sources``), each dataset that has the split."""
+    if data.get("synthetic"):
+        synthetic.ensure(data.root, **data.synthetic)
+    sources = data_sources(data)
+    pairs = {}
+    for name, source in sources.items():
+        root = Path(source["root"])
+        split_dir = root / "images" / split
+        if split == source["train_split"] or (split == source["val_split"] and not split_dir.is_dir()):
+            train, val = source_splits(source)
+            pairs[name] = train if split == source["train_split"] else val
+        elif split_dir.is_dir() or len(sources) == 1:
+            pairs[name] = match_pairs(split_dir, root / "masks" / split)
+    return pairs
+
+
+def split_pairs(data, split: str) -> list[Pair]:
+    """The pairs of :func:`split_sources`, all datasets together."""
+    return [pair for pairs in split_sources(data, split).values() for pair in pairs]
+
+
+def distractor_mask(photo: Path, shape: tuple[int, int], margin: int = 2) -> np.ndarray | None:
+    """Joints and borders labelled background (``<root>/distractors/<split>/<stem>.png``, as the
+    synthetic generator writes them), widened by ``margin`` px; None when the file is absent."""
+    path = photo.parents[2] / "distractors" / photo.parent.name / f"{photo.stem}.png"
+    if not path.is_file():
+        return None
+    mask = read_mask(path, shape).astype(np.uint8)
+    return cv2.dilate(mask, np.ones((2 * margin + 1,) * 2, np.uint8)) > 0

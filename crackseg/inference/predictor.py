@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crackseg.inference.tiling import TileCounts, count_tiles, sliding_window
+from crackseg.tiling import TileCounts, count_tiles, sliding_window
 
 
 class CrackModel(Protocol):

@@ -16,7 +16,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex, BinaryPrecision, BinaryRecall
 
-from crackseg.inference.tiling import sliding_window
+from crackseg.tiling import sliding_window
 from crackseg.models.nets import IMAGENET_MEAN, IMAGENET_STD, CrackSegNet
 
 

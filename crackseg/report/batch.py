@@ -9,9 +9,9 @@ from datetime import datetime
 from pathlib import Path
 
 from crackseg.io import atomic_write_bytes
-from crackseg.report.cracks import read_crack_document
+from crackseg.report.crack_outputs import read_crack_document
 from crackseg.report.html import render_report
-from crackseg.report.writers import output_paths
+from crackseg.report.photo_outputs import output_paths
 
 CRACK_FIELDS = ["photo", "id", "type", "width_class", "unit", "length", "max_width", "mean_width", "p90_width",
                 "orientation_deg", "branches", "ends", "junctions", "cells", "pixels", "bbox_x", "bbox_y", "bbox_w",

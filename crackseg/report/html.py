@@ -8,7 +8,7 @@ import urllib.parse
 from pathlib import Path
 
 from crackseg.measure import TYPES
-from crackseg.report.cracks import CLASS_COLOURS, width_classes
+from crackseg.report.crack_outputs import CLASS_COLOURS, width_classes
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from crackseg.data.cache import CachedPair
-from crackseg.inference.tiling import tile_starts
+from crackseg.tiling import tile_starts
 
 
 @dataclass(frozen=True)

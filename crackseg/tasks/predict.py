@@ -12,13 +12,13 @@ from tqdm import tqdm
 
 from crackseg.inference.backends import predictor_from_config
 from crackseg.inference.predictor import Predictor
-from crackseg.inference.tiling import TileCounts
+from crackseg.tiling import TileCounts
 from crackseg.io import IMAGE_SUFFIXES, ImageReadError, claimed, read_mask, read_photo, remove_stale_temp_files
 from crackseg.measure import measure_mask
 from crackseg.options import check_inference_options
 from crackseg.report.batch import write_batch_outputs
-from crackseg.report.cracks import read_crack_document, summary_fields, write_crack_outputs
-from crackseg.report.writers import (
+from crackseg.report.crack_outputs import read_crack_document, summary_fields, write_crack_outputs
+from crackseg.report.photo_outputs import (
     MEASUREMENT_OUTPUTS, output_paths, photo_stem_of_output, saved_prediction_fields, write_photo_outputs, write_summary,
 )
 

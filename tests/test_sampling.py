@@ -9,7 +9,7 @@ from crackseg.data.cache import cache_pair
 from crackseg.data.folder import find_splits
 import cv2
 
-from crackseg.data.tiles import BalancedTileSampler, PhotoDataset, TileDataset, TileIndex, read_rescaled_tile
+from crackseg.data.sampling import BalancedTileSampler, PhotoDataset, TileDataset, TileIndex, read_rescaled_tile
 from tests.conftest import ROOT
 
 

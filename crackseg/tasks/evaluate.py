@@ -9,17 +9,15 @@ import logging
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from crackseg.data import synthetic
-from crackseg.data.folder import Pair, data_sources, match_pairs, source_splits
-from crackseg.evaluation import metrics
+from crackseg.data.folder import distractor_mask, split_sources
+from crackseg import metrics
 from crackseg.inference.backends import predictor_from_config
 from crackseg.models.thresholds import write_threshold
-from crackseg.io import atomic_write_bytes, read_mask, read_pair
+from crackseg.io import atomic_write_bytes, read_pair
 from crackseg.options import check_inference_options
 
 log = logging.getLogger(__name__)
@@ -28,42 +26,8 @@ PHOTO_FIELDS = ["photo", "source", "width", "height", "crack_px", "pred_px", "di
                 "f1_tol", "best_threshold", "best_f1", "distractor_fp_px", "seconds"]
 
 
-def split_sources(data: DictConfig, split: str) -> dict[str, list[Pair]]:
-    """The ``(photo, mask)`` pairs of ``split`` per dataset, exactly as training saw them: the
-    data config's train/val splits (carved out of train when there is no val folder) or any
-    other folder; with several datasets (``data.sources``), each dataset that has the split."""
-    if data.get("synthetic"):
-        synthetic.ensure(data.root, **data.synthetic)
-    sources = data_sources(data)
-    pairs = {}
-    for name, source in sources.items():
-        root = Path(source["root"])
-        split_dir = root / "images" / split
-        if split == source["train_split"] or (split == source["val_split"] and not split_dir.is_dir()):
-            train, val = source_splits(source)
-            pairs[name] = train if split == source["train_split"] else val
-        elif split_dir.is_dir() or len(sources) == 1:
-            pairs[name] = match_pairs(split_dir, root / "masks" / split)
-    return pairs
-
-
-def split_pairs(data: DictConfig, split: str) -> list[Pair]:
-    """The pairs of :func:`split_sources`, all datasets together."""
-    return [pair for pairs in split_sources(data, split).values() for pair in pairs]
-
-
 def _data_name(data: DictConfig) -> str:
     return data.root if data.get("sources") is None else "+".join(data.sources)
-
-
-def distractor_mask(photo: Path, shape: tuple[int, int], margin: int = 2) -> np.ndarray | None:
-    """Joints and borders labelled background (``<root>/distractors/<split>/<stem>.png``, as the
-    synthetic generator writes them), widened by ``margin`` px; None when the file is absent."""
-    path = photo.parents[2] / "distractors" / photo.parent.name / f"{photo.stem}.png"
-    if not path.is_file():
-        return None
-    mask = read_mask(path, shape).astype(np.uint8)
-    return cv2.dilate(mask, np.ones((2 * margin + 1,) * 2, np.uint8)) > 0
 
 
 def _plot_pr_curve(path: Path, precision: np.ndarray, recall: np.ndarray, ods_point: tuple[float, float], title: str) -> None:

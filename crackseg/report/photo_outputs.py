@@ -15,7 +15,7 @@ from crackseg.io import atomic_write_bytes, write_image
 
 SUMMARY_FIELDS = ["photo", "width", "height", "crack_pixels", "crack_fraction", "contours", "cracks", "total_length",
                   "max_width", "unit", "tiles", "tiles_skipped", "seconds", "measure_seconds", "status"]
-MEASUREMENT_OUTPUTS = ("cracks", "geojson", "widths", "thumb")  # written by crackseg.report.cracks
+MEASUREMENT_OUTPUTS = ("cracks", "geojson", "widths", "thumb")  # written by crackseg.report.crack_outputs
 
 
 IMAGE_OUTPUT_SUFFIXES = ("_mask.png", "_overlay.jpg", "_prob.png", "_widths.jpg", "_thumb.jpg")
