@@ -1,5 +1,6 @@
 """The one place that reads photos and masks from disk and validates them, and the safe ways
-to write: atomic writes, the clean-up after a killed run, per-photo lock files.
+to write: atomic writes (bytes, streams, CSV tables), the clean-up after a killed run,
+per-photo lock files.
 
 Everything downstream trusts what the readers return:
 photos are ``uint8`` RGB ``(H, W, 3)``, masks are ``uint8`` ``(H, W)`` with values 0/1.
@@ -7,14 +8,17 @@ photos are ``uint8`` RGB ``(H, W, 3)``, masks are ``uint8`` ``(H, W)`` with valu
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -140,19 +144,34 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: never half-written."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``: never
+    half-written, and streamed (no copy of the data in memory)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def write_csv(path: str | Path, fieldnames: Sequence[str], rows: Iterable[dict]) -> None:
+    """A CSV table of ``rows`` (keys beyond ``fieldnames`` left out), written atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fieldnames), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
 
 
 def remove_stale_temp_files(folder: str | Path, older_than_s: float = 600) -> list[Path]:

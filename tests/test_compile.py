@@ -12,10 +12,10 @@ from tests.conftest import ROOT, TINY_MODEL
 
 
 @pytest.mark.slow
-def test_compiled_predictor_matches_eager():
+def test_compiled_predictor_matches_eager(tmp_path):
     torch.manual_seed(0)
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["paths.output_dir=/tmp", *TINY_MODEL])
+        cfg = compose("train", overrides=[f"paths.output_dir={tmp_path}", *TINY_MODEL])
     model = hydra.utils.instantiate(cfg.model, net_config=OmegaConf.to_yaml(cfg.model.net)).net.eval()
     photo = np.random.default_rng(0).integers(0, 256, (90, 70, 3), dtype=np.uint8)
     eager = Predictor(model, tile=32, batch_size=4)(photo)

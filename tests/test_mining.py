@@ -35,7 +35,8 @@ def test_sampler_draws_its_hard_share_from_the_hard_tiles():
 def test_callback_keeps_the_worst_background_tiles_by_their_latest_score():
     crack = _labels()
     sampler = BalancedTileSampler(crack, num_samples=40)
-    trainer = SimpleNamespace(datamodule=SimpleNamespace(train_index=SimpleNamespace(crack=crack), sampler=sampler))
+    datamodule = SimpleNamespace(is_crack_tile=lambda tile: bool(crack[tile]), draw_hard_negatives=sampler.set_hard_negatives)
+    trainer = SimpleNamespace(datamodule=datamodule)
     mining = HardNegativeMining(fraction=0.5, pool=2, min_pixels=10)
     for tiles, false_px in (([5, 300, 400, 500], [99, 50, 5, 20]), ([500, 600], [0, 30])):
         mining.on_train_batch_end(trainer, Mock(), {"false_crack_px": torch.tensor(false_px)},

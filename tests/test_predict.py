@@ -66,7 +66,7 @@ def test_batch_writes_outputs_reports_bad_photos_and_resumes(checkpoint, tiny_da
     assert predict(cfg) == 1
 
     rows = {r["photo"].split("/")[-1]: r for r in csv.DictReader((out / "summary.csv").open())}
-    assert rows["broken.jpg"]["status"].startswith("failed") and "broken.jpg" in rows["broken.jpg"]["status"]
+    assert rows["broken.jpg"]["status"] == "failed" and "broken.jpg" in rows["broken.jpg"]["detail"]
     good = [name for name in rows if name != "broken.jpg"]
     assert len(good) == 2
     for name in good:
@@ -83,7 +83,7 @@ def test_batch_writes_outputs_reports_bad_photos_and_resumes(checkpoint, tiny_da
     first_rows = rows
     assert predict(cfg) == 1  # the broken photo still fails; the others are skipped
     rows = list(csv.DictReader((out / "summary.csv").open()))
-    assert sum(r["status"].startswith("skipped") for r in rows) == 2
+    assert sum(r["status"] == "skipped" for r in rows) == 2
     for row in rows:  # a resumed batch's summary says what an uninterrupted one does
         name = row["photo"].split("/")[-1]
         for key in ("width", "height", "crack_pixels", "crack_fraction", "contours", "cracks", "total_length"):
@@ -162,10 +162,12 @@ def test_one_bad_photo_fails_alone_whatever_goes_wrong(red_checkpoint, tmp_path,
     monkeypatch.setattr(predicting, "measure_mask", measure_fails_on_b)
     out = tmp_path / "out"
     assert predict(_predict_cfg(ckpt=str(red_checkpoint), input=str(photos), output=str(out), tile=32)) == 2
-    status = {r["photo"].split("/")[-1]: r["status"] for r in csv.DictReader((out / "summary.csv").open())}
-    assert status["a.png"] == status["c.png"] == "ok"
-    assert status["b.png"] == "failed: RuntimeError: a bug in measuring"
-    assert "60000x60000 (3600 MP), above max_megapixels=250" in status["huge.png"] and "huge.png" in status["huge.png"]
+    status = {r["photo"].split("/")[-1]: (r["status"], r["detail"]) for r in csv.DictReader((out / "summary.csv").open())}
+    assert status["a.png"] == status["c.png"] == ("ok", "")
+    assert status["b.png"] == ("failed", "RuntimeError: a bug in measuring")
+    assert status["huge.png"][0] == "failed" and "60000x60000 (3600 MP), above max_megapixels=250" in status["huge.png"][1]
+    assert "huge.png" in status["huge.png"][1]
+    assert "failed: RuntimeError: a bug in measuring" in (out / "report.html").read_text()
     assert (out / "report.html").is_file()
 
 
@@ -189,8 +191,8 @@ def test_a_full_disk_fails_the_photo_leaves_nothing_half_written_and_a_rerun_com
     monkeypatch.setattr(crackseg.io.os, "replace", disk_full_for_b)
     cfg = _predict_cfg(ckpt=str(red_checkpoint), input=str(photos), output=str(out), tile=32, measure=False)
     assert predict(cfg) == 1
-    status = {r["photo"].split("/")[-1]: r["status"] for r in csv.DictReader((out / "summary.csv").open())}
-    assert status["a.png"] == "ok" and "No space left on device" in status["b.png"]
+    status = {r["photo"].split("/")[-1]: (r["status"], r["detail"]) for r in csv.DictReader((out / "summary.csv").open())}
+    assert status["a.png"] == ("ok", "") and status["b.png"][0] == "failed" and "No space left on device" in status["b.png"][1]
     assert not (out / "b_mask.png").exists() and not list(out.glob(".*.tmp"))
     monkeypatch.setattr(crackseg.io.os, "replace", replace)  # space again: the rerun finishes the batch
     assert predict(cfg) == 0 and (out / "b_mask.png").is_file()
@@ -206,8 +208,8 @@ def test_a_photo_another_run_is_predicting_is_left_to_it(red_checkpoint, tmp_pat
     out.mkdir()
     with claimed(out / ".b.lock"):  # as a second predict.py on the same output would hold it
         assert predict(cfg) == 0
-    status = {r["photo"].split("/")[-1]: r["status"] for r in csv.DictReader((out / "summary.csv").open())}
-    assert status == {"a.png": "ok", "b.png": "skipped: another run is predicting it"}
+    status = {r["photo"].split("/")[-1]: (r["status"], r["detail"]) for r in csv.DictReader((out / "summary.csv").open())}
+    assert status == {"a.png": ("ok", ""), "b.png": ("skipped", "another run is predicting it")}
     assert not (out / "b_mask.png").exists() and not list(out.glob(".*.lock"))
     assert predict(cfg) == 0 and (out / "b_mask.png").is_file()
 
@@ -253,13 +255,13 @@ def test_batch_measures_cracks_and_writes_the_report(checkpoint, tiny_dataset, t
     assert predict(cfg) == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("*_mask.png")} == stamps
     rows = list(csv.DictReader((out / "summary.csv").open()))
-    assert [r["status"] for r in rows] == ["ok: measured the saved mask"] * 2 and {r["unit"] for r in rows} == {"mm"}
+    assert [(r["status"], r["detail"]) for r in rows] == [("ok", "measured the saved mask")] * 2 and {r["unit"] for r in rows} == {"mm"}
     assert {r["unit"] for r in csv.DictReader((out / "cracks.csv").open())} <= {"mm"}
 
     (photos / "third.jpg").write_bytes(next((tiny_dataset / "images" / "val").glob("*.jpg")).read_bytes())
     assert predict(cfg) == 0  # resumed: the report still covers every photo of the summary
     rows = list(csv.DictReader((out / "summary.csv").open()))
-    assert sorted(r["status"] for r in rows) == ["ok", "skipped: outputs exist", "skipped: outputs exist"]
+    assert sorted((r["status"], r["detail"]) for r in rows) == [("ok", ""), ("skipped", "outputs exist"), ("skipped", "outputs exist")]
     assert all(r["cracks"] != "" and r["unit"] == "mm" for r in rows)
     report = (out / "report.html").read_text()
     assert report.count("data:image/jpeg;base64,") == 3 and "mm_per_px" in report
@@ -270,7 +272,7 @@ def test_batch_without_measurement_and_bad_mm_per_px(checkpoint, tiny_dataset, t
     cfg = _predict_cfg(ckpt=str(checkpoint), input=str(photos), output=str(out), measure=False)
     assert predict(cfg) == 0
     assert not list(out.glob("*_cracks.json")) and not (out / "report.html").exists()
-    assert predict(cfg) == 0 and next(csv.DictReader((out / "summary.csv").open()))["status"].startswith("skipped")
+    assert predict(cfg) == 0 and next(csv.DictReader((out / "summary.csv").open()))["status"] == "skipped"
     cfg.mm_per_px = -1
     with pytest.raises(ValueError, match="mm_per_px=-1: must be a number > 0"):
         predict(cfg)

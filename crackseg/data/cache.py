@@ -8,14 +8,12 @@ shared by all loader workers. Entries are keyed by the source files' path, size 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from crackseg.io import read_pair
+from crackseg.io import atomic_write, read_pair
 
 
 def _fingerprint(*paths: Path) -> str:
@@ -24,17 +22,6 @@ def _fingerprint(*paths: Path) -> str:
         stat = path.stat()
         h.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
-
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -60,7 +47,7 @@ def cache_pair(photo: str | Path, mask: str | Path, cache_dir: str | Path) -> Ca
     if not (image_npy.is_file() and mask_npy.is_file()):
         image, labels = read_pair(photo, mask)
         entry.mkdir(parents=True, exist_ok=True)
-        _atomic_save(mask_npy, labels)
-        _atomic_save(image_npy, image)
+        atomic_write(mask_npy, lambda f: np.save(f, labels))
+        atomic_write(image_npy, lambda f: np.save(f, image))
     height, width = np.load(mask_npy, mmap_mode="r").shape
     return CachedPair(photo, image_npy, mask_npy, height, width)

@@ -110,6 +110,14 @@ class CrackDataModule(pl.LightningDataModule):
             raise ImageReadError(f"no crack pixel in any mask of the training photos of {roots}: are the masks "
                                  f"the labels (crack = their higher value)?")
 
+    def is_crack_tile(self, tile: int) -> bool:
+        """Whether training tile ``tile`` (an index of ``train_index``, a batch's ``tile``) has cracks."""
+        return bool(self.train_index.crack[tile])
+
+    def draw_hard_negatives(self, tiles: list[int], fraction: float) -> None:
+        """From the next epoch on, draw ``fraction`` of the background tiles from ``tiles``."""
+        self.sampler.set_hard_negatives(tiles, fraction)
+
     @property
     def _rank_and_world_size(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)

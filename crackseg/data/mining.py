@@ -9,10 +9,15 @@ import pytorch_lightning as pl
 
 class HardNegativeMining(pl.Callback):
     """Remembers, for every background tile trained on, how many of its pixels the model took
-    for crack (``training_step`` reports them; no extra forward pass), and before each epoch
-    makes the sampler draw ``fraction`` of its background tiles from the ``pool`` worst of
-    them (at least ``min_pixels`` false crack pixels). Joints, borders and stains that look
-    like cracks are the tiles that end up there."""
+    for crack (no extra forward pass), and before each epoch makes the datamodule draw
+    ``fraction`` of its background tiles from the ``pool`` worst of them (at least
+    ``min_pixels`` false crack pixels). Joints, borders and stains that look like cracks are the
+    tiles that end up there.
+
+    Contract (kept by CrackDataModule and CrackSegModule): each training batch carries ``tile``,
+    the index of each tile; ``training_step`` returns ``false_crack_px``, per tile the
+    background pixels taken for crack; the datamodule has ``is_crack_tile(tile)`` and
+    ``draw_hard_negatives(tiles, fraction)``."""
 
     def __init__(self, fraction: float = 0.5, pool: int = 512, min_pixels: int = 16):
         if not 0 <= fraction <= 1:
@@ -22,15 +27,14 @@ class HardNegativeMining(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: dict,
                            batch_idx: int) -> None:
-        is_crack_tile = trainer.datamodule.train_index.crack
         for tile, pixels in zip(batch["tile"].tolist(), outputs["false_crack_px"].tolist()):
-            if not is_crack_tile[tile]:
+            if not trainer.datamodule.is_crack_tile(tile):
                 self.false_crack_px[tile] = pixels  # the latest view: a tile the model has learnt drops out
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         hard = sorted((t for t, px in self.false_crack_px.items() if px >= self.min_pixels),
                       key=self.false_crack_px.get, reverse=True)[: self.pool]
-        trainer.datamodule.sampler.set_hard_negatives(hard, self.fraction)
+        trainer.datamodule.draw_hard_negatives(hard, self.fraction)
         pl_module.log("train/hard_negatives", float(len(hard)))
 
     def state_dict(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ def export_onnx(model: CrackSegNet, path: str | Path, opset: int = 18, atol: flo
     tile as metadata; the file is checked against PyTorch on a tile of another size first."""
     import onnx
 
+    logging.getLogger("onnx_ir.passes.common.initializer_deduplication").setLevel(logging.WARNING)  # a line per weight
     path, tile = Path(path), model.tile
     model = model.cpu().eval()
     example = torch.rand(2, 3, tile, tile, generator=torch.Generator().manual_seed(0)) * 255

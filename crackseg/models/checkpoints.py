@@ -3,7 +3,6 @@ one that ships (the net's weights and the settings prediction needs)."""
 
 from __future__ import annotations
 
-import io
 import pickle
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import hydra
 import torch
 from omegaconf import OmegaConf
 
-from crackseg.io import atomic_write_bytes
+from crackseg.io import atomic_write
 from crackseg.models.nets import CrackSegNet
 
 _SETTINGS = ("mean", "std", "channels_last", "threshold", "val_tile")  # hyper-parameters CrackSegNet takes
@@ -70,7 +69,5 @@ def save_slim_checkpoint(model: CrackSegNet, path: str | Path, dtype: torch.dtyp
         raise ValueError("a model without its net_config cannot be saved: load_model could not rebuild it")
     state = {f"net.{k}": v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
     hparams = {k: v for k, v in model.config.items() if v is not None}
-    buffer = io.BytesIO()
-    torch.save({"hyper_parameters": hparams, "state_dict": state}, buffer)
-    atomic_write_bytes(path, buffer.getbuffer())
+    atomic_write(path, lambda f: torch.save({"hyper_parameters": hparams, "state_dict": state}, f))
     return Path(path)

@@ -3,12 +3,10 @@ summary (measured in this run or an earlier one): ``cracks.csv`` and ``report.ht
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import datetime
 from pathlib import Path
 
-from crackseg.io import atomic_write_bytes
+from crackseg.io import atomic_write_bytes, write_csv
 from crackseg.report.crack_outputs import read_crack_document
 from crackseg.report.html import render_report
 from crackseg.report.photo_outputs import output_paths
@@ -23,9 +21,10 @@ def write_batch_outputs(output_dir: Path, rows: list[dict], settings: dict) -> N
     entries = []
     for row in rows:
         paths = output_paths(output_dir, Path(row["photo"]).stem)
-        document = read_crack_document(paths["cracks"]) if not row["status"].startswith("failed") else None
+        document = read_crack_document(paths["cracks"]) if row["status"] != "failed" else None
         thumb = paths["thumb"].read_bytes() if document and paths["thumb"].is_file() else None
-        entries.append({"photo": row["photo"], "status": row["status"], "document": document, "thumb": thumb,
+        status = f"{row['status']}: {row['detail']}" if row.get("detail") else row["status"]
+        entries.append({"photo": row["photo"], "status": status, "document": document, "thumb": thumb,
                         "overlay": paths["widths"].name})
     write_cracks_csv(output_dir / "cracks.csv", entries)
     generated = datetime.now().isoformat(timespec="seconds")
@@ -33,12 +32,7 @@ def write_batch_outputs(output_dir: Path, rows: list[dict], settings: dict) -> N
 
 
 def write_cracks_csv(path: Path, entries: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CRACK_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    for entry in entries:
-        for crack in entry["document"]["cracks"] if entry["document"] else []:
-            x, y, w, h = crack["bbox"]
-            writer.writerow({**crack, "photo": entry["photo"], "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h,
-                             "centroid_x": crack["centroid"][0], "centroid_y": crack["centroid"][1]})
-    atomic_write_bytes(path, buffer.getvalue().encode())
+    rows = [{**crack, "photo": entry["photo"], **dict(zip(("bbox_x", "bbox_y", "bbox_w", "bbox_h"), crack["bbox"])),
+             "centroid_x": crack["centroid"][0], "centroid_y": crack["centroid"][1]}
+            for entry in entries for crack in (entry["document"]["cracks"] if entry["document"] else [])]
+    write_csv(path, CRACK_FIELDS, rows)

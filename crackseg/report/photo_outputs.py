@@ -3,18 +3,16 @@ and the batch's summary.csv."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from crackseg.io import atomic_write_bytes, write_image
+from crackseg.io import atomic_write_bytes, write_csv, write_image
 
 SUMMARY_FIELDS = ["photo", "width", "height", "crack_pixels", "crack_fraction", "contours", "cracks", "total_length",
-                  "max_width", "unit", "tiles", "tiles_skipped", "seconds", "measure_seconds", "status"]
+                  "max_width", "unit", "tiles", "tiles_skipped", "seconds", "measure_seconds", "status", "detail"]
 MEASUREMENT_OUTPUTS = ("cracks", "geojson", "widths", "thumb")  # written by crackseg.report.crack_outputs
 
 
@@ -100,8 +98,4 @@ def saved_prediction_fields(paths: dict[str, Path]) -> dict:
 
 
 def write_summary(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, buffer.getvalue().encode())
+    write_csv(path, SUMMARY_FIELDS, rows)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import time
@@ -17,7 +15,7 @@ from crackseg.data.folder import distractor_mask, split_sources
 from crackseg import metrics
 from crackseg.inference.backends import predictor_from_config
 from crackseg.models.thresholds import write_threshold
-from crackseg.io import atomic_write_bytes, read_pair
+from crackseg.io import atomic_write, atomic_write_bytes, read_pair, write_csv
 from crackseg.options import check_inference_options
 
 log = logging.getLogger(__name__)
@@ -42,10 +40,8 @@ def _plot_pr_curve(path: Path, precision: np.ndarray, recall: np.ndarray, ods_po
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01), title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
     plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -123,11 +119,8 @@ def evaluate(cfg: DictConfig) -> dict:
                            "recall": recall_curve.tolist()},
               "per_photo": rows}
     atomic_write_bytes(output / "report.json", json.dumps(report, indent=1).encode())
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=PHOTO_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows)
-    atomic_write_bytes(output / "per_photo.csv", buffer.getvalue().encode())
+    write_csv(output / "per_photo.csv", PHOTO_FIELDS,
+              ({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows))
     ods_index = int(round(ods_threshold * metrics.LEVELS))
     _plot_pr_curve(output / "pr_curve.png", precision_curve, recall_curve,
                    (recall_curve[ods_index], precision_curve[ods_index]), f"{Path(_data_name(cfg.data)).name} {cfg.data.split}")

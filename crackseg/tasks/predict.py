@@ -80,33 +80,33 @@ def predict(cfg: DictConfig) -> int:
             if mine:
                 rows.append(_photo_row(photo_path, output_dir, cfg, predictor, threshold, settings))
             else:
-                rows.append({"photo": str(photo_path), "status": "skipped: another run is predicting it"})
-    failed = sum(r["status"].startswith("failed") for r in rows)
+                rows.append({"photo": str(photo_path), "status": "skipped", "detail": "another run is predicting it"})
+    failed = sum(r["status"] == "failed" for r in rows)
     write_summary(output_dir / "summary.csv", rows)
     if cfg.measure:
         write_batch_outputs(output_dir, rows, _report_settings(cfg, predictor.tile, threshold, settings))
-    log.info("done: %d ok, %d skipped, %d failed; summary: %s", sum(r["status"].startswith("ok") for r in rows),
-             sum(r["status"].startswith("skipped") for r in rows), failed, output_dir / "summary.csv")
+    log.info("done: %d ok, %d skipped, %d failed; summary: %s", sum(r["status"] == "ok" for r in rows),
+             sum(r["status"] == "skipped" for r in rows), failed, output_dir / "summary.csv")
     return failed
 
 
 def _photo_row(photo_path: Path, output_dir: Path, cfg: DictConfig, predictor: Predictor, threshold: float,
                settings: dict) -> dict:
     """Predict and measure one photo (or skip what is done); its summary row. Any failure fails
-    this photo only, with the reason in the row's status."""
+    this photo only: ``status`` is ok, skipped or failed, ``detail`` says why."""
     paths = output_paths(output_dir, photo_path.stem, cfg.save_prob, cfg.measure)
     row = {"photo": str(photo_path)}
     predicted = not cfg.overwrite and all(p.is_file() for k, p in paths.items() if k not in MEASUREMENT_OUTPUTS)
     document = _measured(paths, settings) if predicted and cfg.measure else None
     if predicted and (document or not cfg.measure):
         return {**row, **saved_prediction_fields(paths), **(summary_fields(document) if document else {}),
-                "status": "skipped: outputs exist"}
+                "status": "skipped", "detail": "outputs exist"}
     started = time.perf_counter()
     try:
         photo = read_photo(photo_path, cfg.max_megapixels)
         if predicted:
             mask = read_mask(paths["mask"], photo.shape[:2])
-            status = "ok: measured the saved mask"
+            row["detail"] = "measured the saved mask"
         else:
             height, width = photo.shape[:2]
             counts = TileCounts()
@@ -116,18 +116,17 @@ def _photo_row(photo_path: Path, output_dir: Path, cfg: DictConfig, predictor: P
             mask = prob >= threshold
             row.update(write_photo_outputs(paths, photo, prob, mask, threshold))
             del prob
-            status = "ok"
         if cfg.measure:
             measuring = time.perf_counter()
             cracks = measure_mask(mask, settings["min_crack_length_px"])
             row.update(write_crack_outputs(paths, photo, cracks, settings))
             row["measure_seconds"] = round(time.perf_counter() - measuring, 2)
-        row["status"] = status
+        row["status"] = "ok"
     except ImageReadError as err:
-        row["status"] = f"failed: {err}"
+        row["status"], row["detail"] = "failed", str(err)
         log.error("%s", err)
     except Exception as err:  # noqa: BLE001 - whatever goes wrong with one photo fails that photo only
-        row["status"] = f"failed: {type(err).__name__}: {err}"
+        row["status"], row["detail"] = "failed", f"{type(err).__name__}: {err}"
         log.exception("%s failed", photo_path)
     row["seconds"] = round(time.perf_counter() - started, 2)
     return row

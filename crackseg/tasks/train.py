@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -16,10 +15,12 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from crackseg.models.checkpoints import CheckpointError, load_model
-from crackseg.io import atomic_write_bytes, remove_stale_temp_files
+from crackseg.io import atomic_write, atomic_write_bytes, remove_stale_temp_files
 from crackseg.options import check_training_options
 
 log = logging.getLogger(__name__)
+for _name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(lambda record: "litlogger" not in record.getMessage())  # an advert, every run
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -33,9 +34,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        atomic_write_bytes(path, buffer.getbuffer())
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
 def _instantiate_all(group: DictConfig | None) -> list:
