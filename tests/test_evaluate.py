@@ -77,25 +77,26 @@ def test_metrics_equal_the_counts_of_the_known_predictions(red_checkpoint, datas
 
 
 def test_val_evaluation_stores_the_ods_threshold_for_prediction(red_checkpoint, dataset, tmp_path, caplog):
+    ckpt = tmp_path / "red.ckpt"  # its own copy: the threshold file it writes stays in tmp_path
+    ckpt.write_bytes(red_checkpoint.read_bytes())
     root, _ = dataset
-    result = evaluate(_cfg(red_checkpoint, root, tmp_path, "data.split=val"))
-    stored = json.loads(threshold_path(red_checkpoint).read_text())["by_scales"]["1"]
+    result = evaluate(_cfg(ckpt, root, tmp_path, "data.split=val"))
+    stored = json.loads(threshold_path(ckpt).read_text())["by_scales"]["1"]
     assert stored["threshold"] == result["ods_threshold"] and stored["photos"] == 2 and stored["scales"] == [1]
-    trained = load_model(red_checkpoint).threshold
+    trained = load_model(ckpt).threshold
     with caplog.at_level(logging.WARNING, logger="crackseg.models.thresholds"):
-        assert resolve_threshold(red_checkpoint, trained, None, [1.0]) == stored["threshold"]
+        assert resolve_threshold(ckpt, trained, None, [1.0]) == stored["threshold"]
         assert not caplog.records
-        test = evaluate(_cfg(red_checkpoint, root, tmp_path / "ms", "data.split=test", "scales=[1,2]"))
+        test = evaluate(_cfg(ckpt, root, tmp_path / "ms", "data.split=test", "scales=[1,2]"))
     assert test["threshold"] == trained  # none chosen at these scales
-    assert f"{threshold_path(red_checkpoint)} has thresholds chosen at scales [1], not [1,2]" in caplog.text
+    assert f"{threshold_path(ckpt)} has thresholds chosen at scales [1], not [1,2]" in caplog.text
     # a val evaluation at other scales adds their threshold and keeps the first
-    ms = evaluate(_cfg(red_checkpoint, root, tmp_path / "ms_val", "data.split=val", "scales=[1,2]"))
-    assert read_thresholds(red_checkpoint) == {
+    ms = evaluate(_cfg(ckpt, root, tmp_path / "ms_val", "data.split=val", "scales=[1,2]"))
+    assert read_thresholds(ckpt) == {
         "1": stored, "1,2": {"threshold": ms["ods_threshold"], "scales": [1.0, 2.0], "ods": ms["ods"],
                              "split": ms["split"], "photos": 2}}
-    assert resolve_threshold(red_checkpoint, trained, None, [1, 2]) == ms["ods_threshold"]
-    assert resolve_threshold(red_checkpoint, trained, 0.25, [1, 2]) == 0.25
-    threshold_path(red_checkpoint).unlink()
+    assert resolve_threshold(ckpt, trained, None, [1, 2]) == ms["ods_threshold"]
+    assert resolve_threshold(ckpt, trained, 0.25, [1, 2]) == 0.25
 
 
 def test_command_prints_the_result_as_its_last_line_and_fails_clearly(red_checkpoint, dataset, tmp_path):

@@ -83,3 +83,17 @@ def test_a_train_photo_that_copies_a_val_photo_is_left_out_of_training(tiny_data
     train_stems = {p.source.stem for p in datamodule.train_pairs}
     assert len(train_stems) == 4 and "copy" not in train_stems
     assert f"copy.jpg is left out of training: it is a copy of the val photo {val_photo}" in caplog.text
+
+
+def test_a_training_set_made_only_of_val_copies_stops_clearly(tiny_dataset, tmp_path):
+    import shutil
+
+    from crackseg.data.datamodule import CrackDataModule
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root)
+    [val_photo] = (root / "images" / "val").glob("*.jpg")
+    for photo in (root / "images" / "train").glob("*.jpg"):
+        shutil.copy(val_photo, photo)
+    with pytest.raises(ImageReadError, match="every train photo of .* is a copy of a val photo"):
+        CrackDataModule(str(root), cache_dir=str(tmp_path / "cache"), tile=64).setup()

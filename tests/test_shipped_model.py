@@ -36,17 +36,21 @@ def test_default_prediction_finds_the_crack_of_a_real_photo_and_the_cascade_chan
     photo, truth = read_pair(SHARED_DATA / "cracksight" / "images" / "val" / f"{stem}.jpg",
                              SHARED_DATA / "cracksight" / "masks" / "val" / f"{stem}.png")
     write_image(tmp_path / "in" / "wall.png", photo[:512, :640])
-    masks = {}
-    for cascade in (True, False):
-        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose("predict", overrides=[f"input={tmp_path / 'in'}", f"output={tmp_path / str(cascade)}",
-                                                "backend=torch", f"cascade={cascade}", "measure=false"])
-        assert predict(cfg) == 0
-        masks[cascade] = read_mask(tmp_path / str(cascade) / "wall_mask.png").astype(bool)
-        row = next(csv.DictReader((tmp_path / str(cascade) / "summary.csv").open()))
-        assert (int(row["tiles_skipped"]) > 0) == cascade
-    assert np.array_equal(masks[True], masks[False])
-    dice = metrics.confusion(masks[True], truth[:512, :640].astype(bool)).dice
+    masks, skipped = {}, {}
+    # the stored threshold, and one above 1/3, where the cascade can skip tiles at three scales
+    for threshold in ("null", "0.45"):
+        for cascade in (True, False):
+            out = tmp_path / f"{threshold}-{cascade}"
+            with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+                cfg = compose("predict", overrides=[f"input={tmp_path / 'in'}", f"output={out}", "backend=torch",
+                                                    f"cascade={cascade}", f"threshold={threshold}", "measure=false"])
+            assert predict(cfg) == 0
+            masks[threshold, cascade] = read_mask(out / "wall_mask.png").astype(bool)
+            skipped[threshold, cascade] = int(next(csv.DictReader((out / "summary.csv").open()))["tiles_skipped"])
+    assert np.array_equal(masks["null", True], masks["null", False])
+    assert np.array_equal(masks["0.45", True], masks["0.45", False]) and skipped["0.45", True] > 0
+    assert skipped["null", False] == skipped["0.45", False] == 0
+    dice = metrics.confusion(masks["null", True], truth[:512, :640].astype(bool)).dice
     assert dice > 0.6
-    contours = json.loads((tmp_path / "True" / "wall_contours.json").read_text())
+    contours = json.loads((tmp_path / "null-True" / "wall_contours.json").read_text())
     assert contours["threshold"] == read_thresholds(SHIPPED)["1,2,0.5"]["threshold"]

@@ -89,8 +89,8 @@ def test_cli_stops_on_bad_training_data_with_the_message_and_no_traceback(tmp_pa
     from crackseg.io import write_image
 
     for split, stems in (("train", ["a", "b"]), ("val", ["c"])):
-        for stem in stems:
-            write_image(tmp_path / "blank" / "images" / split / f"{stem}.png", np.full((40, 40, 3), 99, np.uint8))
+        for stem in stems:  # photos that differ (a copy of a val photo is left out of training)
+            write_image(tmp_path / "blank" / "images" / split / f"{stem}.png", np.full((40, 40, 3), ord(stem), np.uint8))
             write_image(tmp_path / "blank" / "masks" / split / f"{stem}.png", np.zeros((40, 40), np.uint8))
     (tmp_path / "blank" / "masks" / "val" / "c.png").rename(tmp_path / "c.png")
     args = [sys.executable, str(ROOT / "train.py"), "data=folder", f"hydra.run.dir={tmp_path / 'run'}",

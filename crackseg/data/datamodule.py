@@ -97,6 +97,9 @@ class CrackDataModule(pl.LightningDataModule):
             train, copies = without_copies(train, all_val)
             for copy, held in copies:
                 log.warning("%s is left out of training: it is a copy of the val photo %s", copy, held)
+            if copies and not train:
+                raise ImageReadError(f"every train photo of {source['root']} is a copy of a val photo, e.g. "
+                                     f"{copies[0][0]} of {copies[0][1]}: nothing is left to train on")
             self.train_pairs += [cache_pair(p, m, cache) for p, m in train]
             self.val_pairs += [cache_pair(p, m, cache) for p, m in val]
             train_photo_sources += [i] * len(train)
