@@ -113,9 +113,10 @@ def without_copies(train: list[Pair], held_out: Iterable[Pair]) -> tuple[list[Pa
     training would make its score a training score. Returns the kept pairs and each dropped
     ``(train photo, held-out photo)``."""
     held = {_digest(p): p for p, _ in held_out}
+    sizes = {p.stat().st_size for p in held.values()}  # only a photo of the same size is read and hashed
     kept, dropped = [], []
     for pair in train:
-        copy_of = held.get(_digest(pair[0]))
+        copy_of = held.get(_digest(pair[0])) if pair[0].stat().st_size in sizes else None
         if copy_of is None:
             kept.append(pair)
         else:

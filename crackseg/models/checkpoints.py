@@ -65,9 +65,10 @@ def save_slim_checkpoint(model: CrackSegNet, path: str | Path, dtype: torch.dtyp
     """What prediction needs of ``model`` and nothing more: its weights (in ``dtype``, half the
     size in fp16) and the settings :func:`load_model` reads, under a training checkpoint's names
     (no optimizer, no training state). For shipping a trained model."""
-    if not model.config["net_config"]:
+    if not model.net_config:
         raise ValueError("a model without its net_config cannot be saved: load_model could not rebuild it")
     state = {f"net.{k}": v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    hparams = {k: v for k, v in model.config.items() if v is not None}
+    hparams = {**model.normalisation, "channels_last": model.channels_last, "threshold": model.threshold,
+               "val_tile": model.tile, "net_config": model.net_config}
     atomic_write(path, lambda f: torch.save({"hyper_parameters": hparams, "state_dict": state}, f))
     return Path(path)

@@ -29,7 +29,8 @@ class CrackSegNet(nn.Module):
     """RGB tiles ``(N, 3, H, W)`` with values in [0, 255] (uint8 or float) in, crack probabilities
     ``(N, 1, H, W)`` out, for any H and W: normalisation, padding to the net's stride and the
     sigmoid live here, so a checkpoint or an ONNX file carries them. ``threshold`` and ``tile``:
-    the ones it was trained with; ``config``: the settings a checkpoint stores to rebuild it."""
+    the ones it was trained with; ``net_config``: the config that builds ``net`` (checkpoints
+    store it to rebuild the model)."""
 
     def __init__(self, net: nn.Module, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  channels_last: bool = True, threshold: float = 0.5, tile: int = 256, net_config: str | None = None):
@@ -37,8 +38,8 @@ class CrackSegNet(nn.Module):
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.multiple = output_stride(net)
         self.channels_last, self.threshold, self.tile = channels_last, float(threshold), int(tile)
-        self.config = {"mean": list(mean), "std": list(std), "channels_last": channels_last,
-                       "threshold": self.threshold, "val_tile": self.tile, "net_config": net_config}
+        self.net_config = net_config
+        self.normalisation = {"mean": list(mean), "std": list(std)}  # as given: the buffers are float32
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
