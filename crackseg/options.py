@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from crackseg.tiling import scale_factor
 
@@ -88,7 +88,19 @@ def check_inference_options(cfg: DictConfig) -> None:
         _fail("mm_per_px", cfg.mm_per_px, "must be a number > 0 (or null for pixels)")
     if "max_megapixels" in cfg:
         _number("max_megapixels", cfg.max_megapixels, 0)
+    if "recursive" in cfg and not isinstance(cfg.recursive, bool):
+        _fail("recursive", cfg.recursive, "must be true or false")
+    if "shard" in cfg:
+        _check_shard(cfg)
     check_writable_folder("output", cfg.output)
+
+
+def _check_shard(cfg: DictConfig) -> None:
+    _number("shard.count", cfg.shard.count, 1, integer=True)
+    _number("shard.index", cfg.shard.index, 0, cfg.shard.count, integer=True, open_high=True)
+    if cfg.shard.count > 1 and OmegaConf.is_interpolation(cfg, "output"):
+        raise OptionError(f"shard.count={cfg.shard.count} needs output=DIR: the shards of a campaign share one "
+                          "output folder (the default is each run's own)")
 
 
 def check_training_options(cfg: DictConfig) -> None:

@@ -86,3 +86,16 @@ def test_each_command_runs_in_its_default_run_folder(script, tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / f"{script}.py"), *args], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and f"checkpoint not found: {missing}" in result.stderr
     assert len(list((tmp_path / "outputs" / script / "runs").iterdir())) == 1
+
+
+@pytest.mark.parametrize("script, overrides, tasks", [
+    ("train", ["trainer.devices=4", "trainer.num_nodes=2"], (2, 4, 4)),  # one task per GPU, Lightning's ranks
+    ("predict", ["ckpt=x", "input=x", "output=x", "shard.count=8"], (1, 1, 1)),  # one job per shard
+])
+def test_the_slurm_launcher_sizes_each_job_for_its_script(script, overrides, tasks):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(script, overrides=[*overrides, "hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == tasks
+    assert launcher._target_.endswith("SlurmLauncher")

@@ -28,15 +28,25 @@ def _cfg(name, tmp_path, *overrides):
     ("blend=box", "blend='box': must be one of gaussian, constant"),
     ("device=gpu", "device='gpu': must be auto, cpu, cuda or cuda:N"),
     ("mm_per_px=0", "mm_per_px=0: must be a number > 0"),
+    ("recursive=maybe", "recursive='maybe': must be true or false"),
+    ("shard.count=0", "shard.count=0: must be an integer >= 1"),
+    ("shard.index=2", "shard.index=2: must be an integer in [0, 1)"),
 ])
 def test_bad_prediction_options_name_the_option_and_what_is_allowed(tmp_path, override, message):
     for name in ("predict", "evaluate"):
-        if name == "evaluate" and override.startswith("mm_per_px"):
+        if name == "evaluate" and override.startswith(("mm_per_px", "recursive", "shard")):
             continue
         with pytest.raises(OptionError) as err:
             check_inference_options(_cfg(name, tmp_path, override))
         assert message in str(err.value)
     check_inference_options(_cfg("predict", tmp_path, "tile=512", "scales=[1,4,0.25]", "threshold=0"))
+
+
+def test_shards_must_share_an_output_folder(tmp_path):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("predict", overrides=["ckpt=x", "input=x", "shard.count=2", "shard.index=1"])
+    with pytest.raises(OptionError, match="shard.count=2 needs output=DIR"):
+        check_inference_options(cfg)
 
 
 def test_an_output_that_cannot_be_a_folder_is_refused(tmp_path):

@@ -256,6 +256,7 @@ def test_batch_measures_cracks_and_writes_the_report(checkpoint, tiny_dataset, t
     assert {p: p.stat().st_mtime_ns for p in out.glob("*_mask.png")} == stamps
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert [(r["status"], r["detail"]) for r in rows] == [("ok", "measured the saved mask")] * 2 and {r["unit"] for r in rows} == {"mm"}
+    assert [(r["crack_pixels"], r["contours"]) for r in rows] == [(s["crack_pixels"], s["contours"]) for s in summary.values()]
     assert {r["unit"] for r in csv.DictReader((out / "cracks.csv").open())} <= {"mm"}
 
     (photos / "third.jpg").write_bytes(next((tiny_dataset / "images" / "val").glob("*.jpg")).read_bytes())

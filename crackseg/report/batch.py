@@ -1,31 +1,96 @@
-"""The batch's crack outputs, from the per-photo ``<stem>_cracks.json`` of every photo of the
-summary (measured in this run or an earlier one): ``cracks.csv`` and ``report.html``."""
+"""A batch's (or a whole campaign's) tables and report: ``summary.csv`` (one row per photo),
+``cracks.csv`` (one row per crack) and ``report.html``, built from the per-photo
+``<stem>_cracks.json`` files and from the shard summaries of every run that wrote into the
+output folder (``shards/shard-I-of-N.json``: each run's rows; an unsharded run is shard 0 of 1)."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from crackseg.io import atomic_write_bytes, write_csv
 from crackseg.report.crack_outputs import read_crack_document
 from crackseg.report.html import render_report
-from crackseg.report.photo_outputs import output_paths
+from crackseg.report.photo_outputs import output_paths, write_summary
 
 CRACK_FIELDS = ["photo", "id", "type", "width_class", "unit", "length", "max_width", "mean_width", "p90_width",
                 "orientation_deg", "branches", "ends", "junctions", "cells", "pixels", "bbox_x", "bbox_y", "bbox_w",
                 "bbox_h", "centroid_x", "centroid_y"]
+SHARDS = "shards"
+CLAIMED_ELSEWHERE = "another run is predicting it"
+
+
+def shard_summary_path(output_dir: Path, index: int, count: int) -> Path:
+    return Path(output_dir) / SHARDS / f"shard-{index}-of-{count}.json"
+
+
+def publish(output_dir: Path, rows: list[dict], settings: dict, measure: bool, index: int = 0, count: int = 1) -> int:
+    """Save this run's ``rows`` as shard ``index`` of ``count``, then rebuild the campaign's tables
+    and report from every shard summary of ``count`` present; returns the campaign's photo count."""
+    document = {"shard": {"index": index, "count": count}, "measure": measure, "settings": settings, "rows": rows}
+    atomic_write_bytes(shard_summary_path(output_dir, index, count), json.dumps(document).encode())
+    return rebuild(output_dir, count)
+
+
+def rebuild(output_dir: Path, count: int | None = None) -> int:
+    """(Re)write ``summary.csv``, and with measurement ``cracks.csv`` and ``report.html``, from
+    the shard summaries of ``count`` shards (default: the count of the newest one); returns the
+    number of photos. Shards ending together need no lock: each rebuilds until the shard
+    summaries it read are still all there unchanged, so the last one to finish covers all."""
+    output_dir = Path(output_dir)
+    while True:
+        read = _shard_summaries(output_dir, count)
+        if not read:
+            raise FileNotFoundError(f"no shard summaries ({SHARDS}/shard-I-of-N.json) in {output_dir}: "
+                                    "it holds no predict.py run")
+        documents = [json.loads(path.read_text()) for path in read]  # oldest first
+        rows = merge_rows(documents)
+        write_summary(output_dir / "summary.csv", rows)
+        if documents[-1]["measure"]:
+            write_batch_outputs(output_dir, rows, documents[-1]["settings"])
+        if _shard_summaries(output_dir, count) == read:
+            return len(rows)
+
+
+def merge_rows(documents: list[dict]) -> list[dict]:
+    """The rows of all shard summaries (oldest first), one per photo sorted by photo: a later
+    row replaces an earlier one unless it only says another run had the photo."""
+    merged: dict[str, dict] = {}
+    for document in documents:
+        for row in document["rows"]:
+            if row["photo"] not in merged or row.get("detail") != CLAIMED_ELSEWHERE:
+                merged[row["photo"]] = row
+    return [merged[photo] for photo in sorted(merged)]
+
+
+def _shard_summaries(output_dir: Path, count: int | None) -> dict[Path, tuple[int, int]]:
+    """Shard summary files of ``count`` shards (None: the newest file's count), oldest first, with
+    their (mtime, size) signature."""
+    files = {path: (path.stat().st_mtime_ns, path.stat().st_size) for path in (output_dir / SHARDS).glob("shard-*-of-*.json")}
+    files = dict(sorted(files.items(), key=lambda item: item[1][0]))
+    if count is None and files:
+        count = int(next(reversed(files)).stem.rsplit("-", 1)[1])
+    return {path: signature for path, signature in files.items() if path.stem.endswith(f"-of-{count}")}
+
+
+def photo_output_paths(output_dir: Path, photo: str, save_prob: bool = True, measure: bool = True) -> dict[str, Path]:
+    """The output files of the photo with key ``photo`` (relative path): in the output folder's
+    mirror of the photo's folder."""
+    key = PurePosixPath(photo)
+    return output_paths(Path(output_dir).joinpath(*key.parent.parts), Path(key.name).stem, save_prob, measure)
 
 
 def write_batch_outputs(output_dir: Path, rows: list[dict], settings: dict) -> None:
     """Write ``cracks.csv`` (one row per crack) and ``report.html`` for the photos of ``rows``."""
     entries = []
     for row in rows:
-        paths = output_paths(output_dir, Path(row["photo"]).stem)
+        paths = photo_output_paths(output_dir, row["photo"])
         document = read_crack_document(paths["cracks"]) if row["status"] != "failed" else None
         thumb = paths["thumb"].read_bytes() if document and paths["thumb"].is_file() else None
         status = f"{row['status']}: {row['detail']}" if row.get("detail") else row["status"]
         entries.append({"photo": row["photo"], "status": status, "document": document, "thumb": thumb,
-                        "overlay": paths["widths"].name})
+                        "overlay": paths["widths"].relative_to(output_dir).as_posix()})
     write_cracks_csv(output_dir / "cracks.csv", entries)
     generated = datetime.now().isoformat(timespec="seconds")
     atomic_write_bytes(output_dir / "report.html", render_report(entries, settings, generated).encode())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import urllib.parse
-from pathlib import Path
 
 from crackseg.measure import TYPES
 from crackseg.report.crack_outputs import CLASS_COLOURS, width_classes
@@ -28,7 +27,8 @@ _CSP = ("<meta http-equiv='Content-Security-Policy' "
 
 def render_report(entries: list[dict], settings: dict, generated: str) -> str:
     """The page for ``entries`` (per photo: ``photo``, ``status``, ``document`` (its cracks JSON or
-    None), ``thumb`` (JPEG bytes or None), ``overlay`` (file name of the full-size width overlay))."""
+    None), ``thumb`` (JPEG bytes or None), ``overlay`` (path of the full-size width overlay
+    relative to the report, with ``/``))."""
     mm_per_px = settings.get("mm_per_px")
     unit = "mm" if mm_per_px else "px"
     classes = width_classes(mm_per_px)
@@ -108,17 +108,19 @@ def _swatch(index: int) -> str:
 
 
 def _name(entry: dict) -> str:
-    return Path(entry["photo"]).name
+    return entry["photo"]
 
 
 def _anchor(entry: dict) -> str:
-    return "photo-" + "".join(ch if ch.isalnum() else "-" for ch in Path(entry["photo"]).stem)
+    """Unique per photo key (relative path): its characters, others as their code point."""
+    return "photo-" + "".join(ch if ch.isalnum() else f"-{ord(ch):x}-" for ch in entry["photo"])
 
 
-def _relative_url(file_name: str) -> str:
-    """A link to a file beside the report: percent-encoded and starting with ``./``, so a name
-    such as ``javascript:x.jpg`` or ``a#b?.jpg`` stays a plain relative path."""
-    return "./" + urllib.parse.quote(file_name, safe="")
+def _relative_url(relative_path: str) -> str:
+    """A link to a file under the report's folder (``a/b.jpg``): every segment percent-encoded,
+    starting with ``./``, so a name such as ``javascript:x.jpg`` or ``a#b?.jpg`` stays a plain
+    relative path."""
+    return "./" + "/".join(urllib.parse.quote(part, safe="") for part in relative_path.split("/"))
 
 
 def _e(value) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import logging
 import time
 from pathlib import Path
@@ -10,38 +9,20 @@ from pathlib import Path
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from crackseg.campaign import CampaignPhoto, find_photos, shard
 from crackseg.inference.backends import predictor_from_config
 from crackseg.inference.predictor import Predictor
 from crackseg.tiling import TileCounts
-from crackseg.io import IMAGE_SUFFIXES, ImageReadError, claimed, read_mask, read_photo, remove_stale_temp_files
+from crackseg.io import ImageReadError, claimed, read_mask, read_photo, remove_stale_temp_files
 from crackseg.measure import measure_mask
 from crackseg.options import check_inference_options
-from crackseg.report.batch import write_batch_outputs
+from crackseg.report.batch import CLAIMED_ELSEWHERE, publish
 from crackseg.report.crack_outputs import read_crack_document, summary_fields, write_crack_outputs
 from crackseg.report.photo_outputs import (
-    MEASUREMENT_OUTPUTS, output_paths, photo_stem_of_output, saved_prediction_fields, write_photo_outputs, write_summary,
+    MEASUREMENT_OUTPUTS, output_paths, saved_prediction_fields, write_photo_outputs,
 )
 
 log = logging.getLogger(__name__)
-
-
-def find_photos(spec: str, output_dir: Path | None = None) -> list[Path]:
-    """Photos named by a folder (its images, not recursive), a file, or a glob pattern; a
-    folder or glob leaves out what an earlier run wrote (files in ``output_dir`` named like the
-    outputs of another photo found), so ``output`` may be the input folder itself."""
-    path = Path(spec)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        photos = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    else:
-        photos = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
-    if output_dir is not None:
-        output_dir, stems = output_dir.resolve(), {p.stem for p in photos}
-        photos = [p for p in photos if not (photo_stem_of_output(p) in stems and output_dir in p.resolve().parents)]
-    if not photos:
-        raise FileNotFoundError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) found for input={spec}")
-    return photos
 
 
 def measure_settings(cfg: DictConfig) -> dict:
@@ -51,51 +32,52 @@ def measure_settings(cfg: DictConfig) -> dict:
 
 
 def predict(cfg: DictConfig) -> int:
-    """Predict (and measure) every input photo into ``cfg.output``; returns how many photos failed.
+    """Predict (and measure) every input photo (of this run's shard) into ``cfg.output``, its
+    outputs in the mirror of its folder; returns how many photos failed.
 
     A photo whose outputs all exist is skipped; one whose prediction exists but whose measurement
     is missing or was made with other measurement settings is measured again from its saved mask.
     Each photo is claimed with a lock file while it is worked on, so runs started on the same
-    output share the photos instead of each doing them all.
+    output share the photos instead of each doing them all. The campaign's summary.csv (and
+    cracks.csv, report.html) cover the photos of every shard that has finished.
     """
     check_inference_options(cfg)
-    photos = find_photos(str(cfg.input), Path(cfg.output))
+    output_dir = Path(cfg.output)
+    photos = find_photos(str(cfg.input), output_dir, cfg.recursive)
+    campaign_size, photos = len(photos), shard(photos, cfg.shard.index, cfg.shard.count)
     settings = measure_settings(cfg)
     predictor, threshold = predictor_from_config(cfg, cascade=cfg.cascade)
-    output_dir = Path(cfg.output)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for path in remove_stale_temp_files(output_dir):
-        log.info("removed %s, left by a run killed while writing", path)
-    log.info("%d photo(s) -> %s on %s (%s), scales %s, tile %d, threshold %.3f", len(photos), output_dir,
+    for folder in sorted({output_dir} | {photo.output_dir(output_dir) for photo in photos}):
+        for path in remove_stale_temp_files(folder):
+            log.info("removed %s, left by a run killed while writing", path)
+    in_shard = f" (shard {cfg.shard.index} of {cfg.shard.count}: {campaign_size} in all)" if cfg.shard.count > 1 else ""
+    log.info("%d photo(s)%s -> %s on %s (%s), scales %s, tile %d, threshold %.3f", len(photos), in_shard, output_dir,
              predictor.device, type(predictor.model).__name__, list(cfg.scales), predictor.tile, threshold)
 
-    stems = [p.stem for p in photos]
-    duplicates = {s for s in stems if stems.count(s) > 1}
-    if duplicates:
-        raise ValueError(f"photos with the same name would overwrite each other's outputs: {sorted(duplicates)}")
-
     rows = []
-    for photo_path in tqdm(photos, desc="photos", unit="photo", disable=len(photos) == 1):
-        with claimed(output_dir / f".{photo_path.stem}.lock") as mine:  # parallel runs share the photos
+    for photo in tqdm(photos, desc="photos", unit="photo", disable=len(photos) <= 1):
+        folder = photo.output_dir(output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        with claimed(folder / f".{photo.stem}.lock") as mine:  # parallel runs share the photos
             if mine:
-                rows.append(_photo_row(photo_path, output_dir, cfg, predictor, threshold, settings))
+                rows.append(_photo_row(photo, folder, cfg, predictor, threshold, settings))
             else:
-                rows.append({"photo": str(photo_path), "status": "skipped", "detail": "another run is predicting it"})
+                rows.append({"photo": photo.key, "status": "skipped", "detail": CLAIMED_ELSEWHERE})
     failed = sum(r["status"] == "failed" for r in rows)
-    write_summary(output_dir / "summary.csv", rows)
-    if cfg.measure:
-        write_batch_outputs(output_dir, rows, _report_settings(cfg, predictor.tile, threshold, settings))
-    log.info("done: %d ok, %d skipped, %d failed; summary: %s", sum(r["status"] == "ok" for r in rows),
-             sum(r["status"] == "skipped" for r in rows), failed, output_dir / "summary.csv")
+    photos_in_summary = publish(output_dir, rows, _report_settings(cfg, predictor.tile, threshold, settings),
+                                cfg.measure, cfg.shard.index, cfg.shard.count)
+    log.info("done: %d ok, %d skipped, %d failed; summary of %d photo(s): %s", sum(r["status"] == "ok" for r in rows),
+             sum(r["status"] == "skipped" for r in rows), failed, photos_in_summary, output_dir / "summary.csv")
     return failed
 
 
-def _photo_row(photo_path: Path, output_dir: Path, cfg: DictConfig, predictor: Predictor, threshold: float,
+def _photo_row(source: CampaignPhoto, folder: Path, cfg: DictConfig, predictor: Predictor, threshold: float,
                settings: dict) -> dict:
-    """Predict and measure one photo (or skip what is done); its summary row. Any failure fails
-    this photo only: ``status`` is ok, skipped or failed, ``detail`` says why."""
-    paths = output_paths(output_dir, photo_path.stem, cfg.save_prob, cfg.measure)
-    row = {"photo": str(photo_path)}
+    """Predict and measure one photo into ``folder`` (or skip what is done); its summary row. Any
+    failure fails this photo only: ``status`` is ok, skipped or failed, ``detail`` says why."""
+    photo_path = source.path
+    paths = output_paths(folder, source.stem, cfg.save_prob, cfg.measure)
+    row = {"photo": source.key}
     predicted = not cfg.overwrite and all(p.is_file() for k, p in paths.items() if k not in MEASUREMENT_OUTPUTS)
     document = _measured(paths, settings) if predicted and cfg.measure else None
     if predicted and (document or not cfg.measure):
@@ -106,7 +88,7 @@ def _photo_row(photo_path: Path, output_dir: Path, cfg: DictConfig, predictor: P
         photo = read_photo(photo_path, cfg.max_megapixels)
         if predicted:
             mask = read_mask(paths["mask"], photo.shape[:2])
-            row["detail"] = "measured the saved mask"
+            row |= {**saved_prediction_fields(paths), "detail": "measured the saved mask"}
         else:
             height, width = photo.shape[:2]
             counts = TileCounts()
