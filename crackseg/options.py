@@ -88,6 +88,8 @@ def check_inference_options(cfg: DictConfig) -> None:
         _fail("mm_per_px", cfg.mm_per_px, "must be a number > 0 (or null for pixels)")
     if "max_megapixels" in cfg:
         _number("max_megapixels", cfg.max_megapixels, 0)
+    if "pipeline" in cfg and not (cfg.pipeline == "auto" or isinstance(cfg.pipeline, bool)):
+        _fail("pipeline", cfg.pipeline, "must be auto, true or false")
     if "recursive" in cfg and not isinstance(cfg.recursive, bool):
         _fail("recursive", cfg.recursive, "must be true or false")
     if "shard" in cfg:

@@ -29,12 +29,13 @@ def _cfg(name, tmp_path, *overrides):
     ("device=gpu", "device='gpu': must be auto, cpu, cuda or cuda:N"),
     ("mm_per_px=0", "mm_per_px=0: must be a number > 0"),
     ("recursive=maybe", "recursive='maybe': must be true or false"),
+    ("pipeline=2", "pipeline=2: must be auto, true or false"),
     ("shard.count=0", "shard.count=0: must be an integer >= 1"),
     ("shard.index=2", "shard.index=2: must be an integer in [0, 1)"),
 ])
 def test_bad_prediction_options_name_the_option_and_what_is_allowed(tmp_path, override, message):
     for name in ("predict", "evaluate"):
-        if name == "evaluate" and override.startswith(("mm_per_px", "recursive", "shard")):
+        if name == "evaluate" and override.startswith(("mm_per_px", "recursive", "shard", "pipeline")):
             continue
         with pytest.raises(OptionError) as err:
             check_inference_options(_cfg(name, tmp_path, override))

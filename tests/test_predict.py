@@ -141,7 +141,8 @@ def _png_claiming(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
-def test_one_bad_photo_fails_alone_whatever_goes_wrong(red_checkpoint, tmp_path, monkeypatch):
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_one_bad_photo_fails_alone_whatever_goes_wrong(red_checkpoint, tmp_path, monkeypatch, pipeline):
     photos = tmp_path / "in"
     for name in ("a", "b", "c"):
         photo = np.full((60, 80, 3), 90, np.uint8)
@@ -161,7 +162,8 @@ def test_one_bad_photo_fails_alone_whatever_goes_wrong(red_checkpoint, tmp_path,
     measure_fails_on_b.calls = 0
     monkeypatch.setattr(predicting, "measure_mask", measure_fails_on_b)
     out = tmp_path / "out"
-    assert predict(_predict_cfg(ckpt=str(red_checkpoint), input=str(photos), output=str(out), tile=32)) == 2
+    assert predict(_predict_cfg(ckpt=str(red_checkpoint), input=str(photos), output=str(out), tile=32,
+                                pipeline=pipeline)) == 2
     status = {r["photo"].split("/")[-1]: (r["status"], r["detail"]) for r in csv.DictReader((out / "summary.csv").open())}
     assert status["a.png"] == status["c.png"] == ("ok", "")
     assert status["b.png"] == ("failed", "RuntimeError: a bug in measuring")
@@ -169,6 +171,62 @@ def test_one_bad_photo_fails_alone_whatever_goes_wrong(red_checkpoint, tmp_path,
     assert "huge.png" in status["huge.png"][1]
     assert "failed: RuntimeError: a bug in measuring" in (out / "report.html").read_text()
     assert (out / "report.html").is_file()
+
+
+def test_the_pipeline_reads_ahead_and_writes_behind_the_model_with_the_same_outputs(red_checkpoint, tmp_path,
+                                                                                  monkeypatch):
+    import threading
+
+    import crackseg.tasks.predict as predicting
+
+    photos = tmp_path / "in"
+    for i in range(4):
+        photo = np.full((60, 80, 3), 90, np.uint8)
+        photo[10 + 10 * i : 13 + 10 * i, :, 0] = 255
+        write_image(photos / f"p{i}.png", photo)
+    (photos / "p2_broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    names = ["p0", "p1", "p2", "p2_broken", "p3"]
+    cfg = _predict_cfg(ckpt=str(red_checkpoint), input=str(photos), tile=32, pipeline=False, output=str(tmp_path / "seq"))
+    assert predict(cfg) == 1
+
+    events = {(stage, n): threading.Event() for stage in ("read", "predict") for n in names}
+    seen = {"read": set(), "write": set(), "overlapped": []}
+    read, predict_one, write = predicting._read, predicting._predict_one, predicting._write
+
+    def wait_for(stage, job, ahead=1):  # the next photo's stage has started (only in a pipeline)
+        later = names.index(job.source.stem) + ahead
+        if later < len(names):
+            seen["overlapped"].append(events[stage, names[later]].wait(timeout=20))
+
+    def reading(job, *args):
+        seen["read"].add(threading.current_thread().name.split("_")[0])
+        events["read", job.source.stem].set()
+        return read(job, *args)
+
+    def predicting_one(job, *args):
+        events["predict", job.source.stem].set()
+        wait_for("read", job)  # photo k+1 is being read while photo k is predicted
+        return predict_one(job, *args)
+
+    def writing(job, *args):
+        seen["write"].add(threading.current_thread().name.split("_")[0])
+        if job.source.stem != "p2":  # (the next photo, p2_broken, fails when read: nothing to predict)
+            wait_for("predict", job)  # photo k is written while photo k+1 is predicted
+        return write(job, *args)
+
+    monkeypatch.setattr(predicting, "_read", reading)
+    monkeypatch.setattr(predicting, "_predict_one", predicting_one)
+    monkeypatch.setattr(predicting, "_write", writing)
+    cfg.pipeline, cfg.output = True, str(tmp_path / "pipe")
+    assert predict(cfg) == 1
+    assert seen["read"] == {"read"} and seen["write"] == {"write"} and all(seen["overlapped"])
+    assert len(seen["overlapped"]) == 5
+    files = {folder: {p.name: p.read_bytes() for p in (tmp_path / folder).glob("p*")} for folder in ("seq", "pipe")}
+    assert files["seq"] == files["pipe"] and len(files["seq"]) == 4 * 8
+    summaries = [[{k: v for k, v in r.items() if k not in ("seconds", "measure_seconds")}
+                  for r in csv.DictReader((tmp_path / folder / "summary.csv").open())] for folder in ("seq", "pipe")]
+    assert summaries[0] == summaries[1] and [r["status"] for r in summaries[0]] == ["ok", "ok", "ok", "failed", "ok"]
+    assert not list((tmp_path / "pipe").glob(".*.lock"))
 
 
 def test_a_full_disk_fails_the_photo_leaves_nothing_half_written_and_a_rerun_completes(red_checkpoint, tmp_path,

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from omegaconf import DictConfig
 from tqdm import tqdm
@@ -54,15 +60,8 @@ def predict(cfg: DictConfig) -> int:
     log.info("%d photo(s)%s -> %s on %s (%s), scales %s, tile %d, threshold %.3f", len(photos), in_shard, output_dir,
              predictor.device, type(predictor.model).__name__, list(cfg.scales), predictor.tile, threshold)
 
-    rows = []
-    for photo in tqdm(photos, desc="photos", unit="photo", disable=len(photos) <= 1):
-        folder = photo.output_dir(output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        with claimed(folder / f".{photo.stem}.lock") as mine:  # parallel runs share the photos
-            if mine:
-                rows.append(_photo_row(photo, folder, cfg, predictor, threshold, settings))
-            else:
-                rows.append({"photo": photo.key, "status": "skipped", "detail": CLAIMED_ELSEWHERE})
+    pipelined = _pipelined(cfg.pipeline, predictor.device)
+    rows = _predict_photos(photos, output_dir, cfg, predictor, threshold, settings, pipelined)
     failed = sum(r["status"] == "failed" for r in rows)
     photos_in_summary = publish(output_dir, rows, _report_settings(cfg, predictor.tile, threshold, settings),
                                 cfg.measure, cfg.shard.index, cfg.shard.count)
@@ -71,47 +70,150 @@ def predict(cfg: DictConfig) -> int:
     return failed
 
 
-def _photo_row(source: CampaignPhoto, folder: Path, cfg: DictConfig, predictor: Predictor, threshold: float,
-               settings: dict) -> dict:
-    """Predict and measure one photo into ``folder`` (or skip what is done); its summary row. Any
-    failure fails this photo only: ``status`` is ok, skipped or failed, ``detail`` says why."""
-    photo_path = source.path
-    paths = output_paths(folder, source.stem, cfg.save_prob, cfg.measure)
-    row = {"photo": source.key}
-    predicted = not cfg.overwrite and all(p.is_file() for k, p in paths.items() if k not in MEASUREMENT_OUTPUTS)
-    document = _measured(paths, settings) if predicted and cfg.measure else None
-    if predicted and (document or not cfg.measure):
-        return {**row, **saved_prediction_fields(paths), **(summary_fields(document) if document else {}),
-                "status": "skipped", "detail": "outputs exist"}
+@dataclass
+class _PhotoJob:
+    """One photo on its way through the stages; ``done`` once it is skipped or failed."""
+
+    source: CampaignPhoto
+    paths: dict[str, Path]
+    row: dict
+    claim: ExitStack = field(default_factory=ExitStack)
+    done: bool = False
+    remeasure: bool = False  # its prediction exists: measure the saved mask
+    photo: np.ndarray | None = None
+    prob: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    seconds: float = 0.0
+
+
+def _pipelined(option, device) -> bool:
+    """``pipeline=auto``: overlap reading and writing with the model on a GPU or where the CPU has
+    cores to spare; on a small CPU the model already keeps every core busy."""
+    return (str(device).startswith("cuda") or (os.cpu_count() or 1) > 2) if option == "auto" else bool(option)
+
+
+def _predict_photos(photos: list[CampaignPhoto], output_dir: Path, cfg: DictConfig, predictor: Predictor,
+                    threshold: float, settings: dict, pipelined: bool) -> list[dict]:
+    """Every photo's summary row, in order. Pipelined, photo k+1 is read (a reader thread) and
+    photo k-1 written and measured (a writer thread) while the model predicts photo k: at most
+    three photos in memory; else one photo at a time. Any failure fails its photo only."""
+    started: list[_PhotoJob] = []
+
+    def jobs():
+        for photo in tqdm(photos, desc="photos", unit="photo", disable=len(photos) <= 1):
+            started.append(_start(photo, output_dir, cfg, settings))
+            yield started[-1]
+
+    def load(job: _PhotoJob) -> _PhotoJob:
+        return _stage(job, lambda j: _read(j, cfg.max_megapixels))
+
+    def compute(job: _PhotoJob) -> _PhotoJob:
+        return _stage(job, lambda j: _predict_one(j, predictor, threshold))
+
+    def finish(job: _PhotoJob) -> dict:
+        _stage(job, lambda j: _write(j, cfg, threshold, settings))
+        job.claim.close()
+        job.photo = job.prob = job.mask = None
+        return job.row | ({"seconds": round(job.seconds, 2)} if job.row["status"] != "skipped" else {})
+
+    try:
+        if not pipelined:
+            return [finish(compute(load(job))) for job in jobs()]
+        rows, queue = [], jobs()
+        with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, \
+                ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
+            loading, writing = _submit_next(reader, load, queue), None
+            while loading is not None:
+                job = loading.result()
+                loading = _submit_next(reader, load, queue)  # photo k+1 is read...
+                compute(job)  # ...while photo k is predicted...
+                if writing is not None:
+                    rows.append(writing.result())
+                writing = writer.submit(finish, job)  # ...and written while photo k+1 is predicted
+            if writing is not None:
+                rows.append(writing.result())
+        return rows
+    finally:  # a run stopped midway gives back its claims
+        for job in started:
+            job.claim.close()
+
+
+def _submit_next(executor: ThreadPoolExecutor, fn, queue) -> Future | None:
+    job = next(queue, None)
+    return None if job is None else executor.submit(fn, job)
+
+
+def _start(source: CampaignPhoto, output_dir: Path, cfg: DictConfig, settings: dict) -> _PhotoJob:
+    """Claim the photo (parallel runs share the photos) and decide what is left to do for it."""
+    folder = source.output_dir(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    job = _PhotoJob(source, output_paths(folder, source.stem, cfg.save_prob, cfg.measure), {"photo": source.key})
+    if job.claim.enter_context(claimed(folder / f".{source.stem}.lock")):
+        return _stage(job, lambda j: _plan(j, cfg, settings))
+    job.row |= {"status": "skipped", "detail": CLAIMED_ELSEWHERE}
+    job.done = True
+    return job
+
+
+def _plan(job: _PhotoJob, cfg: DictConfig, settings: dict) -> None:
+    """Skip a photo whose outputs all exist; re-measure one whose measurement is missing or stale."""
+    paths = job.paths
+    job.remeasure = not cfg.overwrite and all(p.is_file() for k, p in paths.items() if k not in MEASUREMENT_OUTPUTS)
+    document = _measured(paths, settings) if job.remeasure and cfg.measure else None
+    if job.remeasure and (document or not cfg.measure):
+        job.row |= {**saved_prediction_fields(paths), **(summary_fields(document) if document else {}),
+                    "status": "skipped", "detail": "outputs exist"}
+        job.done = True
+
+
+def _stage(job: _PhotoJob, stage) -> _PhotoJob:
+    """Run ``stage(job)`` unless the job is done, timed; a failure fails this photo only."""
+    if job.done:
+        return job
     started = time.perf_counter()
     try:
-        photo = read_photo(photo_path, cfg.max_megapixels)
-        if predicted:
-            mask = read_mask(paths["mask"], photo.shape[:2])
-            row |= {**saved_prediction_fields(paths), "detail": "measured the saved mask"}
-        else:
-            height, width = photo.shape[:2]
-            counts = TileCounts()
-            with tqdm(total=predictor.tiles_for(height, width), desc=photo_path.name, unit="tile", leave=False) as bar:
-                prob = predictor(photo, progress=bar.update, counts=counts)
-            row["tiles"], row["tiles_skipped"] = counts.computed + counts.skipped, counts.skipped
-            mask = prob >= threshold
-            row.update(write_photo_outputs(paths, photo, prob, mask, threshold))
-            del prob
-        if cfg.measure:
-            measuring = time.perf_counter()
-            cracks = measure_mask(mask, settings["min_crack_length_px"])
-            row.update(write_crack_outputs(paths, photo, cracks, settings))
-            row["measure_seconds"] = round(time.perf_counter() - measuring, 2)
-        row["status"] = "ok"
+        stage(job)
     except ImageReadError as err:
-        row["status"], row["detail"] = "failed", str(err)
+        job.row |= {"status": "failed", "detail": str(err)}
+        job.done = True
         log.error("%s", err)
     except Exception as err:  # noqa: BLE001 - whatever goes wrong with one photo fails that photo only
-        row["status"], row["detail"] = "failed", f"{type(err).__name__}: {err}"
-        log.exception("%s failed", photo_path)
-    row["seconds"] = round(time.perf_counter() - started, 2)
-    return row
+        job.row |= {"status": "failed", "detail": f"{type(err).__name__}: {err}"}
+        job.done = True
+        log.exception("%s failed", job.source.path)
+    job.seconds += time.perf_counter() - started
+    return job
+
+
+def _read(job: _PhotoJob, max_megapixels: float) -> None:
+    job.photo = read_photo(job.source.path, max_megapixels)
+    if job.remeasure:
+        job.mask = read_mask(job.paths["mask"], job.photo.shape[:2])
+        job.row |= {**saved_prediction_fields(job.paths), "detail": "measured the saved mask"}
+
+
+def _predict_one(job: _PhotoJob, predictor: Predictor, threshold: float) -> None:
+    if job.remeasure:
+        return
+    height, width = job.photo.shape[:2]
+    counts = TileCounts()
+    with tqdm(total=predictor.tiles_for(height, width), desc=job.source.path.name, unit="tile", leave=False) as bar:
+        job.prob = predictor(job.photo, progress=bar.update, counts=counts)
+    job.row |= {"tiles": counts.computed + counts.skipped, "tiles_skipped": counts.skipped}
+    job.mask = job.prob >= threshold
+
+
+def _write(job: _PhotoJob, cfg: DictConfig, threshold: float, settings: dict) -> None:
+    """The prediction's outputs (unless re-measuring), then the measurement's."""
+    if not job.remeasure:
+        job.row.update(write_photo_outputs(job.paths, job.photo, job.prob, job.mask, threshold))
+        job.prob = None
+    if cfg.measure:
+        measuring = time.perf_counter()
+        cracks = measure_mask(job.mask, settings["min_crack_length_px"])
+        job.row.update(write_crack_outputs(job.paths, job.photo, cracks, settings))
+        job.row["measure_seconds"] = round(time.perf_counter() - measuring, 2)
+    job.row["status"] = "ok"
 
 
 def _measured(paths: dict[str, Path], settings: dict) -> dict | None:
