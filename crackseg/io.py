@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import socket
@@ -163,6 +164,18 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
     atomic_write(path, lambda f: f.write(data))
+
+
+def write_json_streamed(path: str | Path, head: dict, key: str, items: Iterable) -> None:
+    """``{**head, key: list(items)}`` as JSON, written atomically one item at a time (the same
+    text as ``json.dumps``, without the whole list or text in memory)."""
+    def write(file: BinaryIO) -> None:
+        file.write((json.dumps(head)[:-1] + (", " if head else "") + f"{json.dumps(key)}: [").encode())
+        for i, item in enumerate(items):
+            file.write(((", " if i else "") + json.dumps(item)).encode())
+        file.write(b"]}")
+
+    atomic_write(path, write)
 
 
 def write_csv(path: str | Path, fieldnames: Sequence[str], rows: Iterable[dict]) -> None:

@@ -1,3 +1,4 @@
+import json
 import os
 
 import cv2
@@ -6,7 +7,7 @@ import pytest
 
 from crackseg.io import (
     ImageReadError, atomic_write_bytes, binarize_mask, claimed, read_mask, read_pair, read_photo, remove_stale_temp_files,
-    write_image,
+    write_image, write_json_streamed,
 )
 
 
@@ -98,6 +99,15 @@ def test_atomic_writes_replace_whole_files_with_usual_permissions(tmp_path):
     assert target.read_bytes() == b"new"
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask
     assert [p.name for p in target.parent.iterdir()] == ["result.json"]  # no temporary file left
+
+
+def test_a_streamed_json_is_the_text_json_dumps_writes(tmp_path):
+    items = [{"points": [[1, 2], [3, 4]], "area": 0.5}, {"name": "b\u00e9"}]
+    for head in ({"width": 3, "threshold": 0.25}, {}):
+        write_json_streamed(tmp_path / "a.json", head, "items", iter(items))
+        assert (tmp_path / "a.json").read_text() == json.dumps({**head, "items": items})
+    write_json_streamed(tmp_path / "a.json", {"n": 0}, "items", iter([]))
+    assert json.loads((tmp_path / "a.json").read_text()) == {"n": 0, "items": []}
 
 
 def test_only_our_stale_temporary_files_are_removed(tmp_path):

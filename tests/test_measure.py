@@ -10,7 +10,10 @@ import pytest
 
 from crackseg.io import write_image
 from crackseg.measure import measure_mask
-from crackseg.report.crack_outputs import crack_document, draw_widths, geojson, width_class, width_classes
+from crackseg.report.crack_outputs import (
+    crack_document, draw_widths, geojson, read_crack_document, width_class, width_classes, write_crack_outputs,
+)
+from crackseg.report.photo_outputs import output_paths
 from tests.conftest import ROOT
 
 
@@ -125,6 +128,19 @@ def test_specks_and_min_length():
     cracks = measure_mask(mask)
     assert [c.length for c in cracks] == [pytest.approx(20, abs=0.5), pytest.approx(2, abs=0.5), pytest.approx(1, abs=0.5)]
     assert [c.pixels for c in measure_mask(mask, min_length_px=10)] == [20]
+
+
+def test_crack_outputs_are_streamed_as_the_whole_documents_would_be_written(tmp_path):
+    mask = _band(6, 30)
+    mask[40:42, 0:20] = 1
+    cracks, settings = measure_mask(mask), {"mm_per_px": 0.5, "min_crack_length_px": 0.0}
+    paths = output_paths(tmp_path, "p")
+    row = write_crack_outputs(paths, np.zeros((*mask.shape, 3), np.uint8), cracks, settings)
+    document = crack_document(cracks, mask.shape, settings)
+    assert paths["cracks"].read_text() == json.dumps(document) and len(document["cracks"]) == 2
+    assert paths["geojson"].read_text() == json.dumps(geojson(document))
+    assert row["cracks"] == 2 and row["unit"] == "mm"
+    assert "skeleton" not in read_crack_document(paths["cracks"], geometry=False)["cracks"][0]
 
 
 def test_geojson_features_and_rings():

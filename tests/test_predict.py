@@ -15,7 +15,9 @@ from crackseg.tiling import count_tiles
 from crackseg.io import read_mask, write_image
 from crackseg.models.module import CrackSegModule
 from crackseg.tasks.predict import predict
-from crackseg.report.photo_outputs import find_contours
+from crackseg.report.photo_outputs import (
+    contour_record, find_contours, output_paths, saved_prediction_fields, write_photo_outputs,
+)
 from tests.conftest import ROOT, copy_photos as _copy_photos, predict_cfg as _predict_cfg
 
 
@@ -276,10 +278,26 @@ def test_contours_of_a_known_mask():
     mask = np.zeros((50, 80), np.uint8)
     mask[10:20, 5:45] = 1
     mask[30:45, 60:63] = 1
-    contours = find_contours(mask)
-    assert [c["bbox"] for c in contours] == [[5, 10, 40, 10], [60, 30, 3, 15]]
-    assert [c["pixels"] for c in contours] == [400, 45]
-    assert contours[0]["area"] == pytest.approx(39 * 9)  # polygon through the pixel centres
+    mask[2:5, 70:72] = 1  # higher: first
+    contours = [contour_record(c, mask) for c in find_contours(mask)]
+    assert [c["bbox"] for c in contours] == [[70, 2, 2, 3], [5, 10, 40, 10], [60, 30, 3, 15]]
+    assert [c["pixels"] for c in contours] == [6, 400, 45]
+    assert contours[1]["area"] == pytest.approx(39 * 9)  # polygon through the pixel centres
+    assert sorted(map(tuple, contours[1]["points"])) == [(5, 10), (5, 19), (44, 10), (44, 19)]
+
+
+def test_a_saved_prediction_is_summarised_from_the_head_of_its_contours_file(tmp_path):
+    mask = np.zeros((50, 80), np.uint8)
+    mask[10:20, 5:45] = mask[30:45, 60:63] = 1
+    paths = output_paths(tmp_path, "p")
+    write_photo_outputs(paths, np.zeros((50, 80, 3), np.uint8), mask.astype(np.float32), mask.astype(bool), 0.5)
+    expected = {"width": 80, "height": 50, "crack_pixels": 445, "crack_fraction": round(445 / 4000, 6), "contours": 2}
+    assert saved_prediction_fields(paths) == expected
+    assert json.loads(paths["contours"].read_text())["count"] == 2
+    document = json.loads(paths["contours"].read_text())
+    del document["count"]  # as written before the count was stored: read whole
+    paths["contours"].write_text(json.dumps(document))
+    assert saved_prediction_fields(paths) == expected
 
 
 def test_cli_exits_non_zero_on_a_missing_checkpoint(tmp_path):

@@ -86,7 +86,7 @@ def write_batch_outputs(output_dir: Path, rows: list[dict], settings: dict) -> N
     entries = []
     for row in rows:
         paths = photo_output_paths(output_dir, row["photo"])
-        document = read_crack_document(paths["cracks"]) if row["status"] != "failed" else None
+        document = read_crack_document(paths["cracks"], geometry=False) if row["status"] != "failed" else None
         thumb = paths["thumb"].read_bytes() if document and paths["thumb"].is_file() else None
         status = f"{row['status']}: {row['detail']}" if row.get("detail") else row["status"]
         entries.append({"photo": row["photo"], "status": status, "document": document, "thumb": thumb,

@@ -8,12 +8,13 @@ Width classes colour each skeleton pixel by the crack's local width: with ``mm_p
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from crackseg.io import atomic_write_bytes, write_image
+from crackseg.io import write_image, write_json_streamed
 from crackseg.measure import TYPES, Crack
 
 MM_BOUNDS = (0.1, 0.3, 1.0)
@@ -36,16 +37,27 @@ def width_class(width_px: np.ndarray | float, mm_per_px: float | None) -> np.nda
     return np.searchsorted(bounds, width_px, side="right")
 
 
-def crack_document(cracks: list[Crack], shape: tuple[int, int], settings: dict) -> dict:
-    """Everything ``<stem>_cracks.json`` holds: measures, geometry, totals and the settings."""
+def crack_records(cracks: list[Crack], mm_per_px: float | None, geometry: bool = True) -> Iterator[dict]:
+    """Each crack as ``<stem>_cracks.json`` holds it, made one at a time."""
+    classes = width_classes(mm_per_px)
+    for crack in cracks:
+        yield {**crack.to_dict(mm_per_px, geometry),
+               "width_class": classes[int(width_class(crack.max_width, mm_per_px))]}
+
+
+def document_head(cracks: list[Crack], shape: tuple[int, int], settings: dict) -> dict:
+    """``<stem>_cracks.json`` but its ``cracks``: size, unit, settings, width classes and totals."""
     mm_per_px = settings.get("mm_per_px")
     classes = width_classes(mm_per_px)
-    records = [{**c.to_dict(mm_per_px), "width_class": classes[int(width_class(c.max_width, mm_per_px))]}
-               for c in cracks]
     return {
-        "width": int(shape[1]), "height": int(shape[0]), "unit": "mm" if mm_per_px else "px",
-        "settings": settings, "width_classes": classes, "totals": totals(records, classes), "cracks": records,
+        "width": int(shape[1]), "height": int(shape[0]), "unit": "mm" if mm_per_px else "px", "settings": settings,
+        "width_classes": classes, "totals": totals(list(crack_records(cracks, mm_per_px, geometry=False)), classes),
     }
+
+
+def crack_document(cracks: list[Crack], shape: tuple[int, int], settings: dict) -> dict:
+    """Everything ``<stem>_cracks.json`` holds: measures, geometry, totals and the settings."""
+    return {**document_head(cracks, shape, settings), "cracks": list(crack_records(cracks, settings.get("mm_per_px")))}
 
 
 def totals(records: list[dict], classes: list[str]) -> dict:
@@ -63,16 +75,22 @@ def geojson(document: dict) -> dict:
     """FeatureCollection in pixel coordinates (x right, y down, pixel centres): per crack its
     skeleton (MultiLineString, a LineString per branch) and outline (Polygon with its cells as
     holes), each with the crack's measures as properties."""
-    features = []
-    for record in document["cracks"]:
-        properties = {k: v for k, v in record.items() if k not in ("skeleton", "outline")}
-        lines = [line if len(line) > 1 else line * 2 for line in record["skeleton"]]
-        features.append({"type": "Feature", "id": f"{record['id']}-skeleton", "properties": {**properties, "part": "skeleton"},
-                         "geometry": {"type": "MultiLineString", "coordinates": lines}})
-        features.append({"type": "Feature", "id": f"{record['id']}-outline", "properties": {**properties, "part": "outline"},
-                         "geometry": {"type": "Polygon", "coordinates": [_ring(r) for r in record["outline"]]}})
+    return {**geojson_head(document), "features": [f for r in document["cracks"] for f in geojson_features(r)]}
+
+
+def geojson_head(document: dict) -> dict:
     return {"type": "FeatureCollection", "unit": document["unit"], "mm_per_px": document["settings"].get("mm_per_px"),
-            "image_size": [document["width"], document["height"]], "features": features}
+            "image_size": [document["width"], document["height"]]}
+
+
+def geojson_features(record: dict) -> list[dict]:
+    """The two features of one crack record: its skeleton and its outline."""
+    properties = {k: v for k, v in record.items() if k not in ("skeleton", "outline")}
+    lines = [line if len(line) > 1 else line * 2 for line in record["skeleton"]]
+    return [{"type": "Feature", "id": f"{record['id']}-skeleton", "properties": {**properties, "part": "skeleton"},
+             "geometry": {"type": "MultiLineString", "coordinates": lines}},
+            {"type": "Feature", "id": f"{record['id']}-outline", "properties": {**properties, "part": "outline"},
+             "geometry": {"type": "Polygon", "coordinates": [_ring(r) for r in record["outline"]]}}]
 
 
 def _ring(points: list[list[int]]) -> list[list[int]]:
@@ -119,15 +137,17 @@ def draw_thumbnail(photo: np.ndarray, cracks: list[Crack], mm_per_px: float | No
 
 
 def write_crack_outputs(paths: dict[str, Path], photo: np.ndarray, cracks: list[Crack], settings: dict) -> dict:
-    """Write one photo's measurement outputs; returns its summary row fields. The JSON goes last:
-    its presence (with the same settings) marks a measured photo."""
-    document = crack_document(cracks, photo.shape[:2], settings)
+    """Write one photo's measurement outputs; returns its summary row fields. The JSON files are
+    streamed a crack at a time (tens of thousands of cracks never sit in memory as JSON lists).
+    ``<stem>_cracks.json`` goes last: its presence (with the same settings) marks a measured photo."""
+    head = document_head(cracks, photo.shape[:2], settings)
     mm_per_px = settings.get("mm_per_px")
-    atomic_write_bytes(paths["geojson"], json.dumps(geojson(document)).encode())
+    features = (f for record in crack_records(cracks, mm_per_px) for f in geojson_features(record))
+    write_json_streamed(paths["geojson"], geojson_head(head), "features", features)
     write_image(paths["widths"], draw_widths(photo, cracks, mm_per_px), jpeg_quality=90)
     write_image(paths["thumb"], draw_thumbnail(photo, cracks, mm_per_px), jpeg_quality=85)
-    atomic_write_bytes(paths["cracks"], json.dumps(document).encode())
-    return summary_fields(document)
+    write_json_streamed(paths["cracks"], head, "cracks", crack_records(cracks, mm_per_px))
+    return summary_fields(head)
 
 
 def summary_fields(document: dict) -> dict:
@@ -136,10 +156,15 @@ def summary_fields(document: dict) -> dict:
             **{k: document["totals"][k] for k in ("cracks", "total_length", "max_width")}}
 
 
-def read_crack_document(path: Path) -> dict | None:
-    """A ``<stem>_cracks.json`` document, or None when missing or unreadable (then re-measured)."""
+def read_crack_document(path: Path, geometry: bool = True) -> dict | None:
+    """A ``<stem>_cracks.json`` document (without the cracks' skeletons and outlines unless
+    ``geometry``), or None when missing or unreadable (then re-measured)."""
     try:
-        return json.loads(path.read_text())
+        document = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
+    if not geometry and isinstance(document, dict):
+        for record in document.get("cracks", []):
+            record.pop("skeleton", None)
+            record.pop("outline", None)
+    return document

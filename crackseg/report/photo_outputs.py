@@ -4,12 +4,13 @@ and the batch's summary.csv."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from crackseg.io import atomic_write_bytes, write_csv, write_image
+from crackseg.io import write_csv, write_image, write_json_streamed
 
 SUMMARY_FIELDS = ["photo", "width", "height", "crack_pixels", "crack_fraction", "contours", "cracks", "total_length",
                   "max_width", "unit", "tiles", "tiles_skipped", "seconds", "measure_seconds", "status", "detail"]
@@ -42,27 +43,33 @@ def output_paths(output_dir: Path, stem: str, save_prob: bool = True, measure: b
     return paths
 
 
-def find_contours(mask: np.ndarray) -> list[dict]:
-    """Outer outline of every connected crack region: polygon (x, y source pixels), area, bbox."""
+def find_contours(mask: np.ndarray) -> list[np.ndarray]:
+    """Outer outline of every connected crack region as OpenCV returns it ((N, 1, 2) int32 x, y
+    source pixels), top to bottom, then left to right."""
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    result = []
-    for contour in contours:
-        x, y, w, h = cv2.boundingRect(contour)
-        result.append({
-            "points": contour[:, 0, :].tolist(),
-            "area": float(cv2.contourArea(contour)),
-            "pixels": int(mask[y : y + h, x : x + w].sum()),
-            "bbox": [int(x), int(y), int(w), int(h)],
-        })
-    return sorted(result, key=lambda c: (c["bbox"][1], c["bbox"][0]))
+    corners = np.array([cv2.boundingRect(c)[:2] for c in contours], np.int64).reshape(-1, 2)
+    return [contours[i] for i in np.lexsort((corners[:, 0], corners[:, 1]))]
 
 
-def draw_overlay(photo: np.ndarray, contours: list[dict]) -> np.ndarray:
+def contour_record(contour: np.ndarray, mask: np.ndarray) -> dict:
+    """A contour as ``_contours.json`` holds it: polygon, area, pixels (of the mask in its box), bbox."""
+    x, y, w, h = cv2.boundingRect(contour)
+    return {"points": contour[:, 0, :].tolist(), "area": float(cv2.contourArea(contour)),
+            "pixels": int(np.count_nonzero(mask[y : y + h, x : x + w])), "bbox": [int(x), int(y), int(w), int(h)]}
+
+
+def write_contours(path: Path, mask: np.ndarray, contours: list[np.ndarray], threshold: float) -> None:
+    """``_contours.json``, streamed: a mask of half a million specks never holds its polygons as
+    Python lists (2.8 KB per contour, measured) nor the whole text in memory."""
+    head = {"width": int(mask.shape[1]), "height": int(mask.shape[0]), "threshold": threshold, "count": len(contours)}
+    write_json_streamed(path, head, "contours", (contour_record(c, mask) for c in contours))
+
+
+def draw_overlay(photo: np.ndarray, contours: list[np.ndarray]) -> np.ndarray:
     """The photo with crack contours drawn in red, lines thick enough to see on large photos."""
     overlay = photo.copy()
     thickness = max(1, round(max(photo.shape[:2]) / 1500))
-    polygons = [np.asarray(c["points"], np.int32).reshape(-1, 1, 2) for c in contours]
-    cv2.drawContours(overlay, polygons, -1, (255, 0, 0), thickness, lineType=cv2.LINE_AA)
+    cv2.drawContours(overlay, contours, -1, (255, 0, 0), thickness, lineType=cv2.LINE_AA)
     return overlay
 
 
@@ -74,10 +81,9 @@ def write_photo_outputs(paths: dict[str, Path], photo: np.ndarray, prob: np.ndar
     if "prob" in paths:
         write_image(paths["prob"], cv2.convertScaleAbs(prob, alpha=255))  # rounds and saturates, no float copy
     write_image(paths["overlay"], draw_overlay(photo, contours), jpeg_quality=90)
-    document = {"width": int(photo.shape[1]), "height": int(photo.shape[0]), "threshold": threshold, "contours": contours}
-    atomic_write_bytes(paths["contours"], json.dumps(document).encode())
+    write_contours(paths["contours"], mask, contours, threshold)
     write_image(paths["mask"], mask.astype(np.uint8) * 255)  # last: its presence marks a finished photo
-    crack_pixels = int(mask.sum())
+    crack_pixels = int(np.count_nonzero(mask))
     return {
         "width": photo.shape[1],
         "height": photo.shape[0],
@@ -90,11 +96,23 @@ def write_photo_outputs(paths: dict[str, Path], photo: np.ndarray, prob: np.ndar
 def saved_prediction_fields(paths: dict[str, Path]) -> dict:
     """The summary row fields of :func:`write_photo_outputs`, from the files it wrote (for a
     photo skipped as done): the crack pixels counted on the saved mask."""
-    document = json.loads(paths["contours"].read_text())
+    head = _contours_head(paths["contours"])
     mask = cv2.imread(str(paths["mask"]), cv2.IMREAD_GRAYSCALE)
     crack_pixels = int(np.count_nonzero(mask))
-    return {"width": document["width"], "height": document["height"], "crack_pixels": crack_pixels,
-            "crack_fraction": round(crack_pixels / mask.size, 6), "contours": len(document["contours"])}
+    return {"width": head["width"], "height": head["height"], "crack_pixels": crack_pixels,
+            "crack_fraction": round(crack_pixels / mask.size, 6), "contours": head["count"]}
+
+
+def _contours_head(path: Path) -> dict:
+    """Size and contour count of a ``_contours.json``, from its first bytes (a file of half a
+    million contours is not parsed); a file without a count (older runs) is read whole."""
+    with open(path, "rb") as file:
+        start = file.read(512).decode("utf-8", "replace")
+    found = re.match(r'\{"width": (\d+), "height": (\d+), "threshold": [^,]+, "count": (\d+),', start)
+    if found:
+        return dict(zip(("width", "height", "count"), map(int, found.groups())))
+    document = json.loads(Path(path).read_text())
+    return {"width": document["width"], "height": document["height"], "count": len(document["contours"])}
 
 
 def write_summary(path: Path, rows: list[dict]) -> None:
