@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +34,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 _READ_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 
+_PILLOW_LIMIT_LIFTED = threading.Lock()
+
+
 class ImageReadError(ValueError):
     """A photo or mask that cannot be used; the message names the file and the problem."""
 
@@ -44,25 +48,26 @@ def _check_with_pillow(path: Path, what: str, max_megapixels: float | None) -> N
     another reason is left to OpenCV."""
     from PIL import Image
 
-    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # max_megapixels is the limit, checked below
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if max_megapixels is not None and width * height > max_megapixels * 1e6:
-                raise ImageReadError(f"{what} is {width}x{height} ({width * height / 1e6:.0f} MP), above "
-                                     f"max_megapixels={max_megapixels:g}: {path}")
-            if image.format == "PNG":
-                image.verify()  # reads every chunk to the end and checks its CRC, decoding no pixel
-            else:
-                image.draft("L", (1, 1))  # a JPEG is still read to its end, but decoded gray at 1/8 scale
-                image.load()
-    except ImageReadError:
-        raise
-    except Exception as err:  # noqa: BLE001 - what Pillow cannot read, OpenCV may: it decides next
-        if "truncated" in str(err).lower():  # Pillow's words for a file that ends too early
-            raise ImageReadError(f"{what} is truncated or incomplete (Pillow: {err}): {path}") from err
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
+    with _PILLOW_LIMIT_LIFTED:  # one check at a time, so each restores the limit it found
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # max_megapixels is the limit, checked below
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+                if max_megapixels is not None and width * height > max_megapixels * 1e6:
+                    raise ImageReadError(f"{what} is {width}x{height} ({width * height / 1e6:.0f} MP), above "
+                                         f"max_megapixels={max_megapixels:g}: {path}")
+                if image.format == "PNG":
+                    image.verify()  # reads every chunk to the end and checks its CRC, decoding no pixel
+                else:
+                    image.draft("L", (1, 1))  # a JPEG is still read to its end, but decoded gray at 1/8 scale
+                    image.load()
+        except ImageReadError:
+            raise
+        except Exception as err:  # noqa: BLE001 - what Pillow cannot read, OpenCV may: it decides next
+            if "truncated" in str(err).lower():  # Pillow's words for a file that ends too early
+                raise ImageReadError(f"{what} is truncated or incomplete (Pillow: {err}): {path}") from err
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
 
 
 def _read(path: str | Path, what: str, max_megapixels: float | None = None) -> np.ndarray:

@@ -190,6 +190,18 @@ def test_a_cut_png_or_tiff_is_refused_as_truncated(tmp_path, suffix):
         read_photo(tmp_path / f"cut{suffix}")
 
 
+def test_photos_read_in_threads_leave_pillows_size_limit_as_it_was(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    write_image(tmp_path / "p.png", _noise(30, 40))
+    limit = Image.MAX_IMAGE_PIXELS
+    with ThreadPoolExecutor(4) as pool:
+        shapes = list(pool.map(lambda _: read_photo(tmp_path / "p.png").shape, range(200)))
+    assert shapes == [(30, 40, 3)] * 200 and Image.MAX_IMAGE_PIXELS == limit
+
+
 def test_random_bytes_named_jpg_are_not_called_a_truncated_jpeg(tmp_path):
     (tmp_path / "noise.jpg").write_bytes(np.random.default_rng(0).bytes(5000))
     with pytest.raises(ImageReadError, match=r"not a readable image.*noise\.jpg") as err:
