@@ -2,14 +2,16 @@
 the prediction-only time of the same photos.
 
     python bench/batch_bench.py [--count 4] [--size 2000x1500] [--big 0] [--big-size 11664x8750]
-                                [--modes false true] [hydra overrides of predict.py ...]
+                                [--modes false true] [--shards 2] [hydra overrides of predict.py ...]
 
 Each mode runs ``crackseg.tasks.predict.predict`` (measure=true) in its own child process, so its
 peak RSS is its own; the prediction-only reference predicts the decoded photos, one after the
 other, with nothing read, written or measured, in another child. Reported per mode: photos/s end
 to end, its ratio to the prediction-only throughput (the share of the model's speed the batch
-keeps), the share of the wall time the model was busy, and peak RSS. The LAST line printed is
-one JSON object.
+keeps), the share of the wall time the model was busy, and peak RSS. ``--shards N`` also runs
+``predict.py`` as a user does, once unsharded and once as N shards at the same time through Hydra's
+submitit_local launcher (wall time of each command, process start and model load included), and
+checks that both wrote the same per-photo files. The LAST line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -92,6 +94,22 @@ def _run_prediction_only(photos: Path, output: Path, overrides: list[str]) -> di
     return {"wall_s": round(wall, 2), "peak_rss_gib": round(_peak_rss_gib(), 3)}
 
 
+def _run_command(photos: Path, output: Path, overrides: list[str], shards: int) -> float:
+    """predict.py as a user runs it (sharded: N jobs of a submitit_local sweep); its wall time."""
+    sweep = ["-m", "hydra/launcher=submitit_local", f"shard.count={shards}",
+             f"shard.index={','.join(map(str, range(shards)))}"] if shards > 1 else []
+    command = [sys.executable, str(ROOT / "predict.py"), *sweep[:1], f"input={photos}", f"output={output}",
+               "measure=true", f"paths.log_dir={output.parent / 'logs'}", *sweep[1:], *overrides]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+    return round(time.perf_counter() - started, 2)
+
+
+def _outputs(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in ("summary.csv", "report.html") and p.parent.name != "shards"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=4)
@@ -99,6 +117,7 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=0, help="photos of --big-size added to the batch")
     parser.add_argument("--big-size", default="11664x8750")
     parser.add_argument("--modes", nargs="+", default=["false", "true"], help="pipeline= values to run")
+    parser.add_argument("--shards", type=int, default=0, help="also N shards at once vs one predict.py run")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "PHOTOS", "OUTPUT"), help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args()
     if args.child:
@@ -120,6 +139,12 @@ def main() -> None:
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[kind] = json.loads(output.strip().splitlines()[-1])
             print(kind, results[kind], flush=True)
+        if args.shards > 1:
+            whole, sharded = Path(tmp) / "cli_whole", Path(tmp) / "cli_sharded"
+            results["shards"] = {"unsharded_s": _run_command(photos, whole, overrides, 1),
+                                 f"{args.shards}_shards_at_once_s": _run_command(photos, sharded, overrides, args.shards)}
+            results["shards"]["same_outputs"] = _outputs(whole) == _outputs(sharded)
+            print("shards", results["shards"], flush=True)
     photos_n = args.count + args.big
     reference = results["prediction_only"]["wall_s"]
     report = {"photos": photos_n, "megapixels": round(megapixels, 1), "cpus": os.cpu_count(), "overrides": overrides,
@@ -131,6 +156,8 @@ def main() -> None:
             "of_prediction_only_throughput": round(reference / run["wall_s"], 3),
             "model_busy_share": round(run["model_busy_s"] / run["wall_s"], 3),
         }
+    if "shards" in results:
+        report["shards"] = results["shards"]
     print(json.dumps(report))
 
 
