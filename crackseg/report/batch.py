@@ -87,9 +87,8 @@ def write_batch_outputs(output_dir: Path, rows: list[dict], settings: dict) -> N
     for row in rows:
         paths = photo_output_paths(output_dir, row["photo"])
         document = read_crack_document(paths["cracks"], geometry=False) if row["status"] != "failed" else None
-        thumb = paths["thumb"].read_bytes() if document and paths["thumb"].is_file() else None
         status = f"{row['status']}: {row['detail']}" if row.get("detail") else row["status"]
-        entries.append({"photo": row["photo"], "status": status, "document": document, "thumb": thumb,
+        entries.append({"photo": row["photo"], "status": status, "document": document, "thumb": paths["thumb"],
                         "overlay": paths["widths"].relative_to(output_dir).as_posix()})
     write_cracks_csv(output_dir / "cracks.csv", entries)
     generated = datetime.now().isoformat(timespec="seconds")
