@@ -93,8 +93,8 @@ def measure_mask(mask: np.ndarray, min_length_px: float = 0.0) -> list[Crack]:
         if math.sqrt(2) * pixels + 2 < min_length_px:  # no longer than a diagonal chain of its pixels
             continue
         component = np.pad(labels[y : y + h, x : x + w] == label, 1)  # a background border for the skeleton
-        crack = _measure_component(component, (x - 1, y - 1))
-        if crack.length >= min_length_px:
+        crack = _measure_component(component, (x - 1, y - 1), min_length_px)
+        if crack is not None:
             crack.pixels, crack.bbox = pixels, (x, y, w, h)
             crack.centroid = tuple(round(float(v), 1) for v in centroids[label])
             cracks.append(crack)
@@ -104,8 +104,9 @@ def measure_mask(mask: np.ndarray, min_length_px: float = 0.0) -> list[Crack]:
     return cracks
 
 
-def _measure_component(component: np.ndarray, offset: tuple[int, int]) -> Crack:
-    """Measures of one crack on its crop (bool, with a one-pixel background border)."""
+def _measure_component(component: np.ndarray, offset: tuple[int, int], min_length_px: float) -> Crack | None:
+    """Measures of one crack on its crop (bool, with a one-pixel background border); None when
+    it is shorter than ``min_length_px`` (known before its widths, the larger part of the work)."""
     outline = _outline_filling_small_holes(component)
     distance = cv2.distanceTransform(component.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     orientation = _orientation(component)
@@ -121,6 +122,8 @@ def _measure_component(component: np.ndarray, offset: tuple[int, int]) -> Crack:
             if node is None and not branch.closed:
                 length += _reach(component, end, _tip_direction(end, orientation, way))
                 tips += 1
+    if round(float(length), 2) < min_length_px:  # as the length is reported
+        return None
     profile = _width_profile(graph, skeleton, distance, orientation)
     widths = profile[:, 2]
 
