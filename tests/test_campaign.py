@@ -88,6 +88,7 @@ def test_two_shards_one_after_the_other_make_the_unsharded_outputs(red_checkpoin
     assert _files(sharded) == _files(tmp_path / "whole")
     assert _summary(sharded) == _summary(tmp_path / "whole")
     (sharded / "summary.csv").unlink()
+    (sharded / "shards" / "shard-7-of-2.json").write_text("{not json")  # a stray file is left out
     rebuild_report([str(sharded)])
     assert _summary(sharded) == _summary(tmp_path / "whole")
     assert _report_body(sharded) == _report_body(tmp_path / "whole").replace(str(tmp_path / "whole"), str(sharded))

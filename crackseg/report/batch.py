@@ -6,6 +6,7 @@ output folder (``shards/shard-I-of-N.json``: each run's rows; an unsharded run i
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
@@ -13,6 +14,8 @@ from crackseg.io import atomic_write_bytes, write_csv
 from crackseg.report.crack_outputs import read_crack_document
 from crackseg.report.html import render_report
 from crackseg.report.photo_outputs import output_paths, write_summary
+
+log = logging.getLogger(__name__)
 
 CRACK_FIELDS = ["photo", "id", "type", "width_class", "unit", "length", "max_width", "mean_width", "p90_width",
                 "orientation_deg", "branches", "ends", "junctions", "cells", "pixels", "bbox_x", "bbox_y", "bbox_w",
@@ -44,13 +47,26 @@ def rebuild(output_dir: Path, count: int | None = None) -> int:
         if not read:
             raise FileNotFoundError(f"no shard summaries ({SHARDS}/shard-I-of-N.json) in {output_dir}: "
                                     "it holds no predict.py run")
-        documents = [json.loads(path.read_text()) for path in read]  # oldest first
+        documents = [d for d in map(_read_shard_summary, read) if d is not None]  # oldest first
+        if not documents:
+            raise FileNotFoundError(f"no readable shard summary in {output_dir / SHARDS}")
         rows = merge_rows(documents)
         write_summary(output_dir / "summary.csv", rows)
         if documents[-1]["measure"]:
             write_batch_outputs(output_dir, rows, documents[-1]["settings"])
         if _shard_summaries(output_dir, count) == read:
             return len(rows)
+
+
+def _read_shard_summary(path: Path) -> dict | None:
+    try:
+        document = json.loads(path.read_text())
+        if isinstance(document.get("rows"), list) and isinstance(document.get("settings"), dict):
+            return document
+    except (OSError, ValueError, AttributeError):
+        pass
+    log.warning("%s is not a shard summary written by predict.py: left out of the campaign's tables", path)
+    return None
 
 
 def merge_rows(documents: list[dict]) -> list[dict]:
