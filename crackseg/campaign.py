@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from crackseg.io import IMAGE_SUFFIXES
-from crackseg.report.photo_outputs import photo_stem_of_output
+from crackseg.report.photo_outputs import output_folder, photo_stem_of_output
 
 _GLOB_CHARS = set("*?[")
 
@@ -26,7 +26,7 @@ class CampaignPhoto:
 
     def output_dir(self, output: Path) -> Path:
         """The folder of its outputs: ``output`` plus the photo's relative folder."""
-        return output.joinpath(*PurePosixPath(self.key).parent.parts)
+        return output_folder(output, self.key)
 
 
 def find_photos(spec: str, output_dir: Path | None = None, recursive: bool = False) -> list[CampaignPhoto]:

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 from crackseg.io import atomic_write_bytes, write_csv
 from crackseg.report.crack_outputs import read_crack_document
 from crackseg.report.html import render_report
-from crackseg.report.photo_outputs import output_paths, write_summary
+from crackseg.report.photo_outputs import output_folder, output_paths, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -83,25 +83,18 @@ def merge_rows(documents: list[dict]) -> list[dict]:
 def _shard_summaries(output_dir: Path, count: int | None) -> dict[Path, tuple[int, int]]:
     """Shard summary files of ``count`` shards (None: the newest file's count), oldest first, with
     their (mtime, size) signature."""
-    files = {path: (path.stat().st_mtime_ns, path.stat().st_size) for path in (output_dir / SHARDS).glob("shard-*-of-*.json")}
-    files = dict(sorted(files.items(), key=lambda item: item[1][0]))
+    stats = {path: path.stat() for path in (output_dir / SHARDS).glob("shard-*-of-*.json")}
+    files = {path: (st.st_mtime_ns, st.st_size) for path, st in sorted(stats.items(), key=lambda item: item[1].st_mtime_ns)}
     if count is None and files:
         count = int(next(reversed(files)).stem.rsplit("-", 1)[1])
     return {path: signature for path, signature in files.items() if path.stem.endswith(f"-of-{count}")}
-
-
-def photo_output_paths(output_dir: Path, photo: str, save_prob: bool = True, measure: bool = True) -> dict[str, Path]:
-    """The output files of the photo with key ``photo`` (relative path): in the output folder's
-    mirror of the photo's folder."""
-    key = PurePosixPath(photo)
-    return output_paths(Path(output_dir).joinpath(*key.parent.parts), Path(key.name).stem, save_prob, measure)
 
 
 def write_batch_outputs(output_dir: Path, rows: list[dict], settings: dict) -> None:
     """Write ``cracks.csv`` (one row per crack) and ``report.html`` for the photos of ``rows``."""
     entries = []
     for row in rows:
-        paths = photo_output_paths(output_dir, row["photo"])
+        paths = output_paths(output_folder(output_dir, row["photo"]), PurePosixPath(row["photo"]).stem)
         document = read_crack_document(paths["cracks"], geometry=False) if row["status"] != "failed" else None
         status = f"{row['status']}: {row['detail']}" if row.get("detail") else row["status"]
         entries.append({"photo": row["photo"], "status": status, "document": document, "thumb": paths["thumb"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
@@ -23,6 +23,12 @@ IMAGE_OUTPUT_SUFFIXES = ("_mask.png", "_overlay.jpg", "_prob.png", "_widths.jpg"
 def photo_stem_of_output(path: Path) -> str | None:
     """The stem of the photo whose output image ``path`` would be (by name), else None."""
     return next((path.name[: -len(s)] for s in IMAGE_OUTPUT_SUFFIXES if path.name.endswith(s)), None)
+
+
+def output_folder(output_dir: Path, photo: str) -> Path:
+    """Where the outputs of the photo with key ``photo`` (its path relative to the input, with
+    ``/``) go: ``output_dir`` plus the photo's folder."""
+    return Path(output_dir).joinpath(*PurePosixPath(photo).parent.parts)
 
 
 def output_paths(output_dir: Path, stem: str, save_prob: bool = True, measure: bool = True) -> dict[str, Path]:
@@ -93,11 +99,11 @@ def write_photo_outputs(paths: dict[str, Path], photo: np.ndarray, prob: np.ndar
     }
 
 
-def saved_prediction_fields(paths: dict[str, Path]) -> dict:
+def saved_prediction_fields(paths: dict[str, Path], mask: np.ndarray | None = None) -> dict:
     """The summary row fields of :func:`write_photo_outputs`, from the files it wrote (for a
-    photo skipped as done): the crack pixels counted on the saved mask."""
+    photo skipped as done): the crack pixels counted on the saved mask (``mask``: already read)."""
     head = _contours_head(paths["contours"])
-    mask = cv2.imread(str(paths["mask"]), cv2.IMREAD_GRAYSCALE)
+    mask = cv2.imread(str(paths["mask"]), cv2.IMREAD_GRAYSCALE) if mask is None else mask
     crack_pixels = int(np.count_nonzero(mask))
     return {"width": head["width"], "height": head["height"], "crack_pixels": crack_pixels,
             "crack_fraction": round(crack_pixels / mask.size, 6), "contours": head["count"]}

@@ -189,7 +189,7 @@ def _read(job: _PhotoJob, max_megapixels: float) -> None:
     job.photo = read_photo(job.source.path, max_megapixels)
     if job.remeasure:
         job.mask = read_mask(job.paths["mask"], job.photo.shape[:2])
-        job.row |= {**saved_prediction_fields(job.paths), "detail": "measured the saved mask"}
+        job.row |= {**saved_prediction_fields(job.paths, job.mask), "detail": "measured the saved mask"}
 
 
 def _predict_one(job: _PhotoJob, predictor: Predictor, threshold: float) -> None:
