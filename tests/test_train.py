@@ -33,6 +33,24 @@ def test_one_epoch_writes_checkpoints_tensorboard_and_summary(tmp_path, tiny_dat
     assert "val/photo_0" in tags["images"]
 
 
+def test_validation_scores_are_what_evaluate_reports_for_the_same_checkpoint(tmp_path, tiny_dataset):
+    from hydra import compose, initialize_config_dir
+
+    from crackseg.tasks.evaluate import evaluate
+
+    train(_train_cfg(tmp_path, "data=folder", f"data.root={tiny_dataset}", "data.tile=64", "data.tiles_per_epoch=8",
+                     "data.batch_size=4", "trainer.max_epochs=1", "model.threshold=0.3"))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"ckpt={summary['best_ckpt']}", "data=folder", f"data.root={tiny_dataset}",
+                                             f"output={tmp_path / 'eval'}", "scales=[1]", "backend=torch",
+                                             "threshold=0.3", "save_threshold=false"])
+    reported = evaluate(cfg)
+    assert 0 < reported["dice"] < 1 and 0 < reported["precision"] < 1
+    for name in ("dice", "iou", "precision", "recall"):
+        assert summary["metrics"][f"val/{name}"] == pytest.approx(reported[name], abs=1e-4)
+
+
 def test_several_datasets_train_together_each_validated_and_fine_tuning_starts_from_a_model(tmp_path, tiny_dataset):
     from crackseg.data import synthetic
 

@@ -16,18 +16,21 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex, BinaryPrecision, BinaryRecall
 
+from crackseg.metrics import Counts
 from crackseg.tiling import sliding_window
 from crackseg.models.nets import IMAGENET_MEAN, IMAGENET_STD, CrackSegNet
 
 
 def segmentation_metrics(threshold: float, prefix: str) -> MetricCollection:
-    """Pooled pixel metrics of the crack class; Dice is the binary F1 score."""
+    """Pooled pixel metrics of the crack class; Dice is the binary F1 score. Their inputs are the
+    module's own (probabilities, 0/1 masks): torchmetrics' input checks would cost 3x the update."""
+    options = {"threshold": threshold, "validate_args": False}
     return MetricCollection(
         {
-            "dice": BinaryF1Score(threshold=threshold),
-            "iou": BinaryJaccardIndex(threshold=threshold),
-            "precision": BinaryPrecision(threshold=threshold),
-            "recall": BinaryRecall(threshold=threshold),
+            "dice": BinaryF1Score(**options),
+            "iou": BinaryJaccardIndex(**options),
+            "precision": BinaryPrecision(**options),
+            "recall": BinaryRecall(**options),
         },
         prefix=prefix,
     )
@@ -60,7 +63,6 @@ class CrackSegModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.train_metrics = segmentation_metrics(threshold, "train/")
-        self.val_metrics = segmentation_metrics(threshold, "val/")
         self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
         self.val_dice_best = MaxMetric()
         self.val_dice_best.persistent(True)  # in the checkpoint's state_dict: a resumed run keeps its best
@@ -80,7 +82,7 @@ class CrackSegModule(pl.LightningModule):
         loss = self.loss(logits, batch["mask"])
         probs = torch.sigmoid(logits.detach())
         self.train_loss(loss)
-        self.train_metrics(probs, batch["mask"].long())
+        self.train_metrics.update(probs, batch["mask"].long())  # computed once per epoch, when logged
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         false_crack = (probs >= self.hparams.threshold) & (batch["mask"] < 0.5)
@@ -90,35 +92,34 @@ class CrackSegModule(pl.LightningModule):
         return list(getattr(self.trainer.datamodule, "source_names", None) or ["data"])
 
     def on_validation_epoch_start(self) -> None:
-        self.val_source_counts = torch.zeros(len(self._source_names()), 3, device=self.device)  # tp, fp, fn
+        # tp, fp, fn per dataset: val/dice and the others are pooled from them (one pass over each photo)
+        self.val_counts = torch.zeros(len(self._source_names()), 3, dtype=torch.long, device=self.device)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         mask = batch["mask"][0]
         prob = self.predict_photo(batch["image"][0])
         self.val_loss(self.loss(torch.logit(prob, eps=1e-6)[None], mask[None]))
-        self.val_metrics.update(prob, mask.long())
-        if "source" in batch:
-            crack, truth = prob >= self.hparams.threshold, mask >= 0.5
-            self.val_source_counts[int(batch["source"][0])] += torch.stack(
-                [(crack & truth).sum(), (crack & ~truth).sum(), (~crack & truth).sum()]).float()
+        crack, truth = prob >= self.hparams.threshold, mask >= 0.5
+        source = int(batch["source"][0]) if "source" in batch else 0
+        self.val_counts[source] += torch.stack([(crack & truth).sum(), (crack & ~truth).sum(), (~crack & truth).sum()])
         if batch_idx < self.hparams.log_images:
             self._log_panel(batch_idx, batch["image"][0], mask, prob)
 
     def on_validation_epoch_end(self) -> None:
-        # compute() syncs the pooled states across ranks, so every value is already the same on
-        # every rank; sync_dist=True (a mean of equal values) tells Lightning it is global
-        metrics = self.val_metrics.compute()
-        self.val_metrics.reset()
-        self.log_dict(metrics, prog_bar=True, sync_dist=True)
+        # the counts are summed over all ranks, so every value is the same on every rank;
+        # sync_dist=True (a mean of equal values) tells Lightning it is global
+        counts = self.trainer.strategy.reduce(self.val_counts, reduce_op="sum")
+        pooled = Counts(*counts.sum(0).tolist())  # evaluate.py's metrics, from the same counts
+        self.log_dict({f"val/{name}": getattr(pooled, name) for name in ("dice", "iou", "precision", "recall")},
+                      prog_bar=True, sync_dist=True)
         self.log("val/loss", self.val_loss.compute(), sync_dist=True)
         self.val_loss.reset()
         names = self._source_names()
         if len(names) > 1:  # one dataset's Dice each, from its pooled counts over all ranks
-            tp, fp, fn = self.trainer.strategy.reduce(self.val_source_counts, reduce_op="sum").unbind(1)
-            for name, dice in zip(names, (2 * tp / (2 * tp + fp + fn).clamp_min(1)).tolist()):
-                self.log(f"val/{name}/dice", dice)
+            for name, source_counts in zip(names, counts):
+                self.log(f"val/{name}/dice", Counts(*source_counts.tolist()).dice, sync_dist=True)
         if not self.trainer.sanity_checking:  # the sanity check's score on a few photos is no best
-            self.val_dice_best(metrics["val/dice"])
+            self.val_dice_best(pooled.dice)
             self.log("val/dice_best", self.val_dice_best.compute(), prog_bar=True, sync_dist=True)
 
     def _log_panel(self, index: int, image: torch.Tensor, mask: torch.Tensor, prob: torch.Tensor) -> None:

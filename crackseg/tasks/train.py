@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -53,9 +54,9 @@ def init_net_from(model: pl.LightningModule, path: str | Path) -> None:
     log.info("net initialised from %s", path)
 
 
-def train(cfg: DictConfig) -> float:
+def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> float:
     """Fit the model on the data, write ``summary.json`` in the run folder (rank 0), return
-    val/dice_best (NaN when no validation ran).
+    val/dice_best (NaN when no validation ran). ``callbacks``: more, beside the configured ones.
 
     ``cfg.ckpt_path`` resumes: a checkpoint file, or ``last`` for this run folder's
     ``checkpoints/last.ckpt`` (a fresh start while there is none). ``cfg.init_from`` starts the
@@ -70,7 +71,7 @@ def train(cfg: DictConfig) -> float:
     model = hydra.utils.instantiate(cfg.model, _convert_="all", net_config=OmegaConf.to_yaml(cfg.model.net, resolve=True))
     if cfg.get("init_from"):
         init_net_from(model, cfg.init_from)
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+    callbacks = [*_instantiate_all(cfg.get("callbacks")), *callbacks]
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
