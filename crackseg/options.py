@@ -76,7 +76,7 @@ def check_inference_options(cfg: DictConfig) -> None:
     _number("batch_size", cfg.batch_size, 1, integer=True)
     _choice("blend", cfg.blend, ("gaussian", "constant"))
     _choice("backend", cfg.backend, ("auto", "torch", "onnxruntime"))
-    _choice("precision", cfg.precision, ("fp32", "fp16", "bf16"))
+    _choice("precision", cfg.precision, ("auto", "fp32", "fp16", "bf16", "int8"))
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device)):
         _fail("device", cfg.device, "must be auto, cpu, cuda or cuda:N")
     if "tolerance" in cfg:

@@ -67,7 +67,7 @@ def test_predict_with_onnx_runtime_matches_the_checkpoint(checkpoint, exported, 
     prob = Predictor(model, scales=[1, 2, 0.5], tile=64, batch_size=4)(photo)
     expected = Predictor(load_model(checkpoint), scales=[1, 2, 0.5], tile=64, batch_size=4)(photo)
     np.testing.assert_allclose(prob, expected, atol=1e-4)
-    with pytest.raises(ValueError, match="fp32 with compile=false"):
+    with pytest.raises(ValueError, match=r"its own precision \(fp32\) with compile=false"):
         Predictor(model, precision="bf16")
 
     photos = _copy_photos(tiny_dataset, tmp_path / "in", n=1)

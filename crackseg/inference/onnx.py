@@ -2,7 +2,8 @@
 
 The exported graph is :class:`CrackSegNet`'s forward: float tiles ``(N, 3, H, W)`` in [0, 255] in,
 crack probabilities ``(N, 1, H, W)`` out (normalisation and sigmoid inside), with dynamic N, H
-and W. The model's threshold and tile size travel as ONNX metadata (``metadata_props``).
+and W. The model's threshold and tile size (and ``int8`` for a quantised one) travel as ONNX
+metadata (``metadata_props``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from crackseg.models.nets import CrackSegNet
 
 log = logging.getLogger(__name__)
 
-THRESHOLD_KEY, TILE_KEY = "crackseg.threshold", "crackseg.tile"
+THRESHOLD_KEY, TILE_KEY, PRECISION_KEY = "crackseg.threshold", "crackseg.tile", "crackseg.precision"
 INPUT_NAME, OUTPUT_NAME = "tiles", "probabilities"
 
 
@@ -94,6 +95,7 @@ class OnnxModel:
         if THRESHOLD_KEY not in meta or TILE_KEY not in meta or [i.name for i in inputs] != [INPUT_NAME]:
             raise CheckpointError(f"not an ONNX model exported by crackseg (export.py): {path}")
         self.threshold, self.tile = float(meta[THRESHOLD_KEY]), int(meta[TILE_KEY])
+        self.precision = meta.get(PRECISION_KEY, "fp32")
 
     def run(self, tiles: np.ndarray) -> np.ndarray:
         return self.session.run(None, {INPUT_NAME: np.ascontiguousarray(tiles, dtype=np.float32)})[0]

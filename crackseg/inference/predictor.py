@@ -31,7 +31,8 @@ class Predictor:
     of gaussian-blended sliding-window predictions, each brought back to source resolution.
     ``cascade_threshold``: skip the tiles that cannot change ``prob >= threshold`` (exact; the
     probability is then exact only where it can reach the threshold, see ``sliding_window``).
-    An exported (ONNX) model runs in fp32, uncompiled, on full batches (one input shape)."""
+    An exported (ONNX) model runs in its own precision (fp32 or int8), uncompiled, on full batches
+    (one input shape)."""
 
     def __init__(
         self,
@@ -45,11 +46,11 @@ class Predictor:
         compile: bool = False,
         cascade_threshold: float | None = None,
     ):
-        if precision not in ("fp32", "fp16", "bf16"):
-            raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
         self.exported = not isinstance(model, nn.Module)
-        if self.exported and (precision != "fp32" or compile):
-            raise ValueError("an exported (ONNX) model runs in precision=fp32 with compile=false")
+        if self.exported and (precision != model.precision or compile):
+            raise ValueError(f"an exported (ONNX) model runs in its own precision ({model.precision}) with compile=false")
+        if not self.exported and precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be fp32, fp16 or bf16 (autocast), got {precision!r}")
         self.model = model
         self.device = model.device
         self.scales, self.tile, self.overlap = list(scales), tile, overlap

@@ -112,8 +112,8 @@ def evaluate(cfg: DictConfig) -> dict:
                     "ods_threshold": best}
     result = {k: round(v, 4) if isinstance(v, float) and "threshold" not in k else v for k, v in result.items()}
 
-    options = ("overlap", "blend", "batch_size", "tolerance", "backend", "device", "precision", "compile")
-    settings = {"tile": predictor.tile, **{k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in options}}
+    options = ("overlap", "blend", "batch_size", "tolerance", "backend", "device", "compile")
+    settings = {"tile": predictor.tile, "precision": predictor.precision, **{k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in options}}
     report = {**result, "settings": settings,
               "pr_curve": {"threshold": metrics.THRESHOLDS.tolist(), "precision": precision_curve.tolist(),
                            "recall": recall_curve.tolist()},

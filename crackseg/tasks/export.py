@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -13,19 +14,37 @@ from crackseg.models.checkpoints import load_model, save_slim_checkpoint
 log = logging.getLogger(__name__)
 
 
-FORMATS = {"onnx": ".onnx", "fp16": ".fp16.ckpt"}
+FORMATS = {"onnx": ".onnx", "fp16": ".fp16.ckpt", "int8": ".int8.onnx"}
 
 
 def export(cfg: DictConfig) -> Path:
     """Export the checkpoint ``cfg.ckpt`` to ``cfg.out`` (default beside it: ``<ckpt stem>.onnx``,
-    or ``<ckpt stem>.fp16.ckpt`` for ``format=fp16``, the net's weights alone in half precision)."""
+    ``<ckpt stem>.fp16.ckpt`` for ``format=fp16``, the net's weights alone in half precision, or
+    ``<ckpt stem>.int8.onnx`` for ``format=int8``, calibrated on train tiles of ``cfg.data``; its
+    calibration is also stored beside the checkpoint, where precision=auto|int8 finds it)."""
     if cfg.format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {cfg.format!r}")
+    if cfg.format == "int8" and cfg.get("data") is None:
+        raise ValueError("format=int8 calibrates on training tiles: name the model's training data, e.g. data=general")
     model = load_model(cfg.ckpt)
     out = Path(cfg.out) if cfg.out is not None else Path(cfg.ckpt).with_suffix(FORMATS[cfg.format])
     if cfg.format == "onnx":
         export_onnx(model, out, cfg.opset)
+    elif cfg.format == "int8":
+        _export_int8(cfg, model, out)
     else:
         save_slim_checkpoint(model, out)
     log.info("exported %s -> %s (threshold %.3f, tile %d)", cfg.ckpt, out, model.threshold, model.tile)
     return out
+
+
+def _export_int8(cfg: DictConfig, model, out: Path) -> None:
+    from crackseg.data.folder import split_sources
+    from crackseg.inference.quantize import calibrate, calibration_path, calibration_tiles
+
+    pairs = [pair for source in split_sources(cfg.data, "train").values() for pair in source]
+    tiles = calibration_tiles(pairs, cfg.calibration_tiles, model.tile)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", cfg.opset)
+        calibrate(fp32, tiles, calibration_path(cfg.ckpt), out)
+    log.info("int8 calibration on %d train tiles of %d photos: %s", len(tiles), len(pairs), calibration_path(cfg.ckpt))

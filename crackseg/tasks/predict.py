@@ -63,7 +63,7 @@ def predict(cfg: DictConfig) -> int:
     pipelined = _pipelined(cfg.pipeline, predictor.device)
     rows = _predict_photos(photos, output_dir, cfg, predictor, threshold, settings, pipelined)
     failed = sum(r["status"] == "failed" for r in rows)
-    photos_in_summary = publish(output_dir, rows, _report_settings(cfg, predictor.tile, threshold, settings),
+    photos_in_summary = publish(output_dir, rows, _report_settings(cfg, predictor, threshold, settings),
                                 cfg.measure, cfg.shard.index, cfg.shard.count)
     log.info("done: %d ok, %d skipped, %d failed; summary of %d photo(s): %s", sum(r["status"] == "ok" for r in rows),
              sum(r["status"] == "skipped" for r in rows), failed, photos_in_summary, output_dir / "summary.csv")
@@ -224,7 +224,7 @@ def _measured(paths: dict[str, Path], settings: dict) -> dict | None:
     return document if document and document.get("settings") == settings else None
 
 
-def _report_settings(cfg: DictConfig, tile: int, threshold: float, settings: dict) -> dict:
+def _report_settings(cfg: DictConfig, predictor: Predictor, threshold: float, settings: dict) -> dict:
     return {"checkpoint": cfg.ckpt, "input": cfg.input, "output": cfg.output, "scales": list(cfg.scales), "cascade": cfg.cascade,
-            "tile": tile, "overlap": cfg.overlap, "blend": cfg.blend, "threshold": threshold,
-            "device": cfg.device, "precision": cfg.precision, **settings}
+            "tile": predictor.tile, "overlap": cfg.overlap, "blend": cfg.blend, "threshold": threshold,
+            "device": cfg.device, "precision": predictor.precision, **settings}

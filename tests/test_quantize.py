@@ -1,0 +1,92 @@
+"""int8 prediction: export.py format=int8 calibrates, predict/evaluate rebuild the same model from
+the stored calibration, precision=auto picks it only where it is measured to pay, bad set-ups fail clearly."""
+
+import json
+import logging
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from crackseg.inference import backends
+from crackseg.inference.backends import load_for_prediction
+from crackseg.inference.onnx import OnnxModel
+from crackseg.inference.quantize import calibration_path
+from crackseg.models.checkpoints import CheckpointError, load_model
+from crackseg.models.nets import CrackSegNet
+from crackseg.tasks.export import export
+from tests.conftest import ROOT
+
+
+def _export_int8(ckpt, out, *overrides):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return export(compose("export", overrides=[f"ckpt={ckpt}", "format=int8", f"out={out}", "calibration_tiles=8",
+                                                   *overrides]))
+
+
+@pytest.fixture(scope="module")
+def int8_setup(checkpoint, tiny_dataset, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("int8")
+    ckpt = folder / "model.ckpt"
+    ckpt.write_bytes(checkpoint.read_bytes())
+    exported = _export_int8(ckpt, folder / "model.int8.onnx", "data=folder", f"data.root={tiny_dataset}")
+    return ckpt, exported
+
+
+def test_int8_export_calibrates_beside_the_checkpoint_and_predicts_close_to_fp32(int8_setup):
+    ckpt, exported = int8_setup
+    ranges = json.loads(calibration_path(ckpt).read_text())["data"]
+    assert ranges and calibration_path(ckpt).name == "model.int8-calibration.json"
+    graph = onnx.load(exported)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in graph.graph.node}
+    model = OnnxModel(exported)
+    assert (model.precision, model.threshold, model.tile) == ("int8", 0.5, 64)
+    tiles = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255
+    with torch.no_grad():
+        expected = load_model(ckpt)(tiles).numpy()
+    result = model.run(tiles.numpy())
+    assert result.shape == expected.shape and 0 <= result.min() and result.max() <= 1
+    assert np.abs(result - expected).mean() < 0.02
+
+
+def test_prediction_rebuilds_the_exported_int8_model_from_the_calibration(int8_setup, tmp_path, monkeypatch):
+    ckpt, exported = int8_setup
+    cache = tmp_path / "cache"
+    model = load_for_prediction(ckpt, precision="int8", onnx_cache=cache)
+    assert isinstance(model, OnnxModel) and model.precision == "int8"
+    assert len(list(cache.glob("model-*-int8.onnx"))) == 1
+    tiles = np.random.default_rng(1).uniform(0, 255, (3, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_array_equal(model.run(tiles), OnnxModel(exported).run(tiles))
+    # auto: int8 only on a CPU with 8-bit dot products (where it was measured), else fp32
+    monkeypatch.setattr(backends, "cpu_has_vnni", lambda: True)
+    assert load_for_prediction(ckpt, precision="auto", onnx_cache=cache).precision == "int8"
+    assert isinstance(load_for_prediction(ckpt, precision="auto", backend="torch", onnx_cache=cache), CrackSegNet)
+    monkeypatch.setattr(backends, "cpu_has_vnni", lambda: False)
+    assert load_for_prediction(ckpt, precision="auto", onnx_cache=cache).precision == "fp32"
+
+
+def test_int8_without_a_fitting_calibration_fails_clearly_or_falls_back_to_fp32(int8_setup, tmp_path, monkeypatch, caplog):
+    ckpt, _ = int8_setup
+    bare = tmp_path / "bare.ckpt"
+    bare.write_bytes(ckpt.read_bytes())
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(backends, "cpu_has_vnni", lambda: True)
+    assert load_for_prediction(bare, precision="auto", onnx_cache=cache).precision == "fp32"
+    with pytest.raises(CheckpointError, match=r"bare.int8-calibration.json is missing .*format=int8"):
+        load_for_prediction(bare, precision="int8", onnx_cache=cache)
+    calibration_path(bare).write_text(json.dumps({"data": {"a_tensor_of_another_model": {}}}))
+    with pytest.raises(CheckpointError, match="was made for another model"):
+        load_for_prediction(bare, precision="int8", onnx_cache=cache)
+    with caplog.at_level(logging.WARNING):
+        assert load_for_prediction(bare, precision="auto", onnx_cache=cache).precision == "fp32"
+    assert "running fp32" in caplog.text
+    calibration_path(bare).write_text("{not json")
+    with pytest.raises(CheckpointError, match="unreadable int8 calibration .*bare.int8-calibration.json"):
+        load_for_prediction(bare, precision="int8", onnx_cache=cache)
+    for options in [{"backend": "torch"}, {"compile": True}]:
+        with pytest.raises(ValueError, match="precision=int8 quantises a checkpoint for ONNX Runtime"):
+            load_for_prediction(ckpt, precision="int8", onnx_cache=cache, **options)
+    with pytest.raises(ValueError, match="format=int8 calibrates on training tiles: .*data="):
+        _export_int8(ckpt, tmp_path / "x.onnx")
