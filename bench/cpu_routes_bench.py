@@ -83,7 +83,7 @@ def speed(ckpt: Path, photo: np.ndarray, tiles: np.ndarray, threshold: float, ro
     net = load_model(ckpt)
     models = {"ort_fp32": onnx_model(fp32), "ort_fp32_1thread": onnx_model(fp32, threads=1),
               "ort_saved": onnx_model(saved_optimised(fp32, folder), optimise=False), "ort_int8": onnx_model(int8)}
-    predictors = {name: Predictor(model, [1], net.tile, precision=model.precision) for name, (model, _) in models.items()}
+    predictors = {name: Predictor(model, [1], net.tile) for name, (model, _) in models.items()}
     predictors["ort_fp32_batch1"] = Predictor(models["ort_fp32"][0], [1], net.tile, batch_size=1)
     predictors["ort_fp32_batch16"] = Predictor(models["ort_fp32"][0], [1], net.tile, batch_size=16)
     predictors["torch_fp32"] = Predictor(net, [1], net.tile)

@@ -13,11 +13,13 @@ from hydra import compose, initialize_config_dir
 from crackseg.inference import backends
 from crackseg.inference.backends import load_for_prediction
 from crackseg.inference.onnx import OnnxModel
+from crackseg.inference.predictor import Predictor
 from crackseg.inference.quantize import calibration_path
 from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.models.nets import CrackSegNet
 from crackseg.tasks.export import export
-from tests.conftest import ROOT
+from crackseg.tasks.predict import predict
+from tests.conftest import ROOT, copy_photos, predict_cfg
 
 
 def _export_int8(ckpt, out, *overrides):
@@ -90,3 +92,20 @@ def test_int8_without_a_fitting_calibration_fails_clearly_or_falls_back_to_fp32(
             load_for_prediction(ckpt, precision="int8", onnx_cache=cache, **options)
     with pytest.raises(ValueError, match="format=int8 calibrates on training tiles: .*data="):
         _export_int8(ckpt, tmp_path / "x.onnx")
+
+
+def test_predict_runs_the_int8_model_and_says_so(int8_setup, tiny_dataset, tmp_path, monkeypatch):
+    ckpt, exported = int8_setup
+    photos = copy_photos(tiny_dataset, tmp_path / "in", n=1)
+    monkeypatch.setattr(backends, "cpu_has_vnni", lambda: True)
+    cfg = predict_cfg(ckpt=str(ckpt), input=str(photos), output=str(tmp_path / "out"), measure=False, backend="auto",
+                      precision="auto", onnx_cache=str(tmp_path / "cache"), scales=[1, 2, 0.5])
+    assert predict(cfg) == 0
+    [shard] = (tmp_path / "out" / "shards").glob("*.json")
+    assert json.loads(shard.read_text())["settings"]["precision"] == "int8"
+    photo = np.random.default_rng(2).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    model = OnnxModel(exported)
+    prob = Predictor(model, scales=[1], tile=64)(photo)  # an int8 file runs in its own precision by default
+    assert prob.shape == (70, 90) and 0 <= prob.min() and prob.max() <= 1
+    with pytest.raises(ValueError, match=r"its own precision \(int8\)"):
+        Predictor(model, precision="fp32")

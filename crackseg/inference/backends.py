@@ -91,7 +91,7 @@ def predictor_from_config(cfg: DictConfig, cascade: bool = False) -> tuple[Predi
     model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device, cfg.precision, cfg.compile, cfg.onnx_cache)
     threshold = resolve_threshold(cfg.ckpt, model.threshold, cfg.threshold, cfg.scales)
     tile = int(cfg.tile if cfg.tile is not None else model.tile)
-    precision = "fp32" if cfg.precision == "auto" else cfg.precision  # an ONNX model has its own
-    predictor = Predictor(model, cfg.scales, tile, cfg.overlap, cfg.batch_size, cfg.blend,
-                          getattr(model, "precision", precision), cfg.compile, cascade_threshold=threshold if cascade else None)
+    precision = None if cfg.precision == "auto" else cfg.precision  # None: the model's own (ONNX), or fp32
+    predictor = Predictor(model, cfg.scales, tile, cfg.overlap, cfg.batch_size, cfg.blend, precision, cfg.compile,
+                          cascade_threshold=threshold if cascade else None)
     return predictor, threshold

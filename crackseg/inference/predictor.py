@@ -31,8 +31,8 @@ class Predictor:
     of gaussian-blended sliding-window predictions, each brought back to source resolution.
     ``cascade_threshold``: skip the tiles that cannot change ``prob >= threshold`` (exact; the
     probability is then exact only where it can reach the threshold, see ``sliding_window``).
-    An exported (ONNX) model runs in its own precision (fp32 or int8), uncompiled, on full batches
-    (one input shape)."""
+    ``precision``: autocast for a PyTorch model (default fp32); an exported (ONNX) model runs in
+    its own precision (fp32 or int8), uncompiled, on full batches (one input shape)."""
 
     def __init__(
         self,
@@ -42,11 +42,12 @@ class Predictor:
         overlap: float = 0.25,
         batch_size: int = 8,
         blend: str = "gaussian",
-        precision: str = "fp32",
+        precision: str | None = None,
         compile: bool = False,
         cascade_threshold: float | None = None,
     ):
         self.exported = not isinstance(model, nn.Module)
+        precision = precision or (model.precision if self.exported else "fp32")
         if self.exported and (precision != model.precision or compile):
             raise ValueError(f"an exported (ONNX) model runs in its own precision ({model.precision}) with compile=false")
         if not self.exported and precision not in ("fp32", "fp16", "bf16"):
