@@ -11,7 +11,7 @@ load on the machine hits all alike:
 - ``ort_fp32_1thread``, ``ort_fp32_batch1``, ``ort_fp32_batch16``: threads and batch size;
 - ``ort_saved``: the graph optimised once (``ORT_ENABLE_EXTENDED``: the portable level), saved,
   and loaded with optimisation off;
-- ``ort_int8``: the static int8 model (``crackseg.inference.quantize``);
+- ``ort_int8``, ``ort_int8_batch16``: the static int8 model (``crackseg.inference.quantize``);
 - ``torch_fp32``, ``torch_bf16``: PyTorch eager (channels_last), fp32 and bf16 autocast.
 Per route: median seconds, speed-up against ``ort_fp32`` (> 1: faster), session set-up seconds,
 and on 16 val tiles the largest probability difference from ``ort_fp32`` and the share of pixels
@@ -86,6 +86,7 @@ def speed(ckpt: Path, photo: np.ndarray, tiles: np.ndarray, threshold: float, ro
     predictors = {name: Predictor(model, [1], net.tile) for name, (model, _) in models.items()}
     predictors["ort_fp32_batch1"] = Predictor(models["ort_fp32"][0], [1], net.tile, batch_size=1)
     predictors["ort_fp32_batch16"] = Predictor(models["ort_fp32"][0], [1], net.tile, batch_size=16)
+    predictors["ort_int8_batch16"] = Predictor(models["ort_int8"][0], [1], net.tile, batch_size=16)
     predictors["torch_fp32"] = Predictor(net, [1], net.tile)
     predictors["torch_bf16"] = Predictor(net, [1], net.tile, precision="bf16")
     times: dict[str, list[float]] = {name: [] for name in predictors}
