@@ -33,7 +33,7 @@ def load_for_prediction(
     for a checkpoint run on the CPU uncompiled in fp32 or int8 when there is an ``onnx_cache``
     (2.6x faster per photo, BENCHMARKS.md; PyTorch, with a warning, if the export fails), else torch.
     ``precision=int8``: the checkpoint quantised in ONNX Runtime from the calibration stored beside
-    it; ``auto``: int8 where that is possible and the CPU has VNNI (1.3-1.6x faster), else fp32."""
+    it; ``auto``: int8 where that is possible and the CPU has VNNI (1.25-1.6x faster), else fp32."""
     if backend not in ("auto", "torch", "onnxruntime"):
         raise ValueError(f"backend must be auto, torch or onnxruntime, got {backend!r}")
     exported = Path(path).suffix.lower() == ".onnx"

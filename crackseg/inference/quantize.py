@@ -3,7 +3,7 @@
 ONNX Runtime's own quantiser (QDQ format, per-channel int8 weights, uint8 activations: its advice
 for x86 CPUs with VNNI) calibrated once on training tiles. The calibration (activation ranges,
 ~25 KB) is stored beside the checkpoint as ``<ckpt stem>.int8-calibration.json``, so the int8
-model is rebuilt from the checkpoint anywhere, without the data (1.3-1.6x faster per photo than
+model is rebuilt from the checkpoint anywhere, without the data (1.25-1.6x faster per photo than
 fp32 on the development CPU, Dice within 0.003 at the default scales: BENCHMARKS.md).
 """
 
