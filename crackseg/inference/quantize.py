@@ -84,13 +84,16 @@ def _quantize(fp32: Path, out: Path, calibration: Path, tiles: np.ndarray | None
     advice = _DropAdvice()  # ORT's advice to pre-process: measured, it changes nothing on this graph
     root.addFilter(advice)
     try:
-        quantize_static(str(fp32), str(out), Batches() if tiles is not None else None, quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=calibration)
+        with tempfile.TemporaryDirectory() as tmp:  # out appears only whole (atomic_write_bytes)
+            quantized = Path(tmp) / "int8.onnx"
+            quantize_static(str(fp32), str(quantized), Batches() if tiles is not None else None,
+                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                            calibration_cache_path=calibration)
+            model = onnx.load(quantized)
     finally:
         root.removeFilter(advice)
-    model = onnx.load(out)  # the quantiser drops the metadata (threshold, tile): copy it over
-    source = onnx.load(fp32, load_external_data=False)
+    source = onnx.load(fp32, load_external_data=False)  # the quantiser drops the metadata (threshold, tile)
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in source.metadata_props}, PRECISION_KEY: "int8"})
     atomic_write_bytes(out, model.SerializeToString())
 
@@ -99,11 +102,10 @@ def calibrate(fp32: str | Path, tiles: np.ndarray, calibration: str | Path, out:
     """Calibrate the exported ``fp32`` model on ``tiles``: the ranges go to ``calibration``,
     the int8 model to ``out``."""
     calibration, out = Path(calibration), Path(out)
-    calibration.unlink(missing_ok=True)  # the quantiser reuses an existing file instead of calibrating
-    with tempfile.TemporaryDirectory(dir=calibration.parent) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # a fresh file: the quantiser would reuse an existing one
         ranges = Path(tmp) / calibration.name
         _quantize(Path(fp32), out, ranges, tiles)
-        atomic_write_bytes(calibration, ranges.read_bytes())
+        atomic_write_bytes(calibration, ranges.read_bytes())  # the old calibration stays until then
     return out
 
 
