@@ -29,6 +29,8 @@ import hydra  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from bench.train_bench import random_batch, train_step  # noqa: E402
+
 VARIANTS = {
     "lite0_decoder128": [],
     "lite0_decoder256": ["model.net.decoder_channels=[256,128,64,32,16]"],
@@ -45,18 +47,13 @@ def _model(overrides: list[str]):
 
 
 def main(args: argparse.Namespace) -> dict:
-    generator = torch.Generator().manual_seed(0)
-    image = torch.randint(0, 256, (args.batch_size, 3, args.tile, args.tile), generator=generator).float()
-    mask = (torch.rand(args.batch_size, 1, args.tile, args.tile, generator=generator) > 0.95).float()
+    image, mask = random_batch(args.batch_size, args.tile)
     models = {name: _model(overrides) for name, overrides in VARIANTS.items()}
 
     def train_steps(model, optimizer) -> None:
         model.train()
         for _ in range(args.steps):
-            loss = model.loss(model(image), mask)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, image, mask)
 
     def predict_batches(model, _) -> None:
         model.eval()

@@ -130,13 +130,13 @@ def quantize(fp32: str | Path, calibration: str | Path, out: str | Path) -> Path
 
 def cached_int8(ckpt: str | Path, cache_dir: str | Path) -> Path:
     """The int8 ONNX model of checkpoint ``ckpt`` in ``cache_dir``, made on first use from its
-    fp32 export and the calibration stored beside it (named by the hash of both)."""
+    fp32 export and the calibration stored beside it (named by the hashes of both)."""
     calibration = calibration_path(ckpt)
     if not calibration.is_file():
         raise CheckpointError(f"precision=int8 needs the int8 calibration of {ckpt}, {calibration} is missing "
                               f"(make it: python export.py ckpt={ckpt} format=int8 data=<its training data>)")
-    fp32 = cached_export(ckpt, cache_dir)
-    digest = hashlib.sha256(fp32.read_bytes() + calibration.read_bytes()).hexdigest()[:24]
+    fp32 = cached_export(ckpt, cache_dir)  # named by the checkpoint's hash already
+    digest = hashlib.sha256(fp32.name.encode() + calibration.read_bytes()).hexdigest()[:24]
     path = Path(cache_dir) / f"{Path(ckpt).stem}-{digest}-int8.onnx"
     if not path.is_file():
         log.info("quantising %s to int8 once for CPU prediction: %s", ckpt, path)
