@@ -7,9 +7,9 @@ source-resolution map instead of materialising every rescaled photo.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import itertools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -84,7 +84,7 @@ def _crop(pixels: torch.Tensor, y: int, x: int, height: int, width: int) -> torc
 def _gather(pixels: torch.Tensor, origins: Sequence[tuple[int, int]], height: int, width: int) -> torch.Tensor:
     """Float crops ``(B, C, height, width)`` (channels-last memory) of an ``(H, W, C)`` photo at
     the top-left ``origins``. Sliced in the photo's own pixel-interleaved layout and converted
-    once per batch: 10x faster on the CPU than per-tile channel-first copies, two kernels a
+    once per batch: 4-10x faster on the CPU than per-tile channel-first copies, two kernels a
     batch on a GPU."""
     return torch.stack([_crop(pixels, y, x, height, width) for y, x in origins]).permute(0, 3, 1, 2).float()
 
@@ -156,6 +156,8 @@ class _RowBand:
         self.norm = torch.zeros((rows, width), device=device)
 
     def add(self, sy: int, sx: int, pred: torch.Tensor, weights: torch.Tensor) -> None:
+        """Blend one tile in. One tile at a time: in-place adds on views of the band are 5-6x
+        faster on the CPU than one ``index_add_`` for a batch (BENCHMARKS.md, the tiler)."""
         h, w = weights.shape
         row = sy - self.offset
         missing = row + h - self.norm.shape[0]
