@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from crackseg.tiling import (
-    TileCounts, blend_weights, count_tiles, scale_factor, sliding_window, stride_for, tile_grid, tile_starts,
+    TileCounts, _open_tiles, _ScaleGeometry, blend_weights, count_tiles, scale_factor, sliding_window, stride_for, tile_grid, tile_starts,
 )
 
 
@@ -180,3 +180,23 @@ def test_cascade_on_a_photo_that_is_all_crack_or_all_background():
         full = sliding_window(photo, predict, tile=32, scales=[1, 2, 0.5])
         pruned = sliding_window(photo, predict, tile=32, scales=[1, 2, 0.5], threshold=0.5, counts=counts)
         assert torch.equal(pruned >= 0.5, full >= 0.5) and (counts.skipped > 0) == expected_skips
+
+
+@pytest.mark.parametrize("scale", [1, 2, 0.5])
+@pytest.mark.parametrize("height, width", [(150, 190), (40, 70)])
+def test_cascade_opens_exactly_the_tiles_whose_footprint_reaches_the_bound(scale, height, width):
+    so_far = torch.rand(2, height, width, generator=torch.Generator().manual_seed(3)) * 0.5
+    so_far[1, 100 % height, 30] = 0.9  # one hot pixel, in the second channel
+    so_far[0, height - 1, width - 1] = 0.8  # and one in the photo's last corner
+    geometry = _ScaleGeometry(scale, 32, 24, height, width)
+    f = geometry.footprint
+
+    def brute_force(bound):
+        origins = [geometry.source_origin(y, x) for y, x in geometry.positions]
+        return [p for p, (sy, sx) in zip(geometry.positions, origins) if so_far[:, sy : sy + f, sx : sx + f].max() >= bound]
+
+    for bound in (0.45, 0.7, 0.85, 0.95):
+        assert _open_tiles(geometry, geometry.positions, so_far, bound) == brute_force(bound)
+    if height > 100:  # the hot pixels open some tiles, not all
+        assert 0 < len(brute_force(0.7)) < len(geometry.positions)
+    assert brute_force(0.95) == []
