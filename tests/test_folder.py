@@ -97,3 +97,34 @@ def test_a_training_set_made_only_of_val_copies_stops_clearly(tiny_dataset, tmp_
         shutil.copy(val_photo, photo)
     with pytest.raises(ImageReadError, match="every train photo of .* is a copy of a val photo"):
         CrackDataModule(str(root), cache_dir=str(tmp_path / "cache"), tile=64).setup()
+
+
+def test_val_folds_partition_the_photos_and_fold_0_is_the_fraction_carve(tmp_path):
+    _write(tmp_path, "train", [f"p{i:02d}" for i in range(15)])
+    folds = [find_splits(tmp_path, seed=0, fold=(k, 3)) for k in range(3)]
+    vals = [{p.stem for p, _ in val} for _, val in folds]
+    assert [len(v) for v in vals] == [5, 5, 5] and set.union(*vals) == {f"p{i:02d}" for i in range(15)}
+    for (train, val), fold_val in zip(folds, vals):
+        assert {p.stem for p, _ in train} == set().union(*vals) - fold_val and train == sorted(train)
+    assert folds[0] == find_splits(tmp_path, val_fraction=0.34, seed=0)  # hea12d's carve is its fold 0 of 3
+    with pytest.raises(ValueError, match=r"val_fold must be \[k, n\]"):
+        find_splits(tmp_path, fold=(3, 3))
+    with pytest.raises(ValueError, match=r"val_fold must be \[k, n\]"):
+        find_splits(tmp_path, fold=(0, 16))
+    _write(tmp_path, "val", ["v"])
+    with pytest.raises(ValueError, match="has its own"):
+        find_splits(tmp_path, fold=(0, 3))
+
+
+def test_train_photos_keeps_a_seeded_subset_of_train_and_all_of_val(tmp_path):
+    _write(tmp_path, "train", [f"p{i}" for i in range(10)])
+    _write(tmp_path, "val", ["v1", "v2"])
+    data = OmegaConf.create({"root": str(tmp_path), "train_photos": 4})
+    train, val = source_splits(data_sources(data)["data"])
+    all_train, all_val = find_splits(tmp_path)
+    assert len(train) == 4 and set(train) < set(all_train) and val == all_val
+    assert source_splits(data_sources(data)["data"]) == (train, val)
+    assert source_splits(data_sources(OmegaConf.merge(data, {"split_seed": 1}))["data"])[0] != train
+    assert source_splits(data_sources(OmegaConf.merge(data, {"train_photos": 50}))["data"])[0] == all_train
+    with pytest.raises(ValueError, match="train_photos must be at least 1"):
+        source_splits(data_sources(OmegaConf.merge(data, {"train_photos": 0}))["data"])

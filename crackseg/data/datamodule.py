@@ -28,9 +28,12 @@ class CrackDataModule(pl.LightningDataModule):
     ``scale_range``: training tiles show their photo rescaled log-uniformly in ``[lo, hi]``.
     ``holdout_split``: train photos whose stem is also in ``images/<holdout_split>/`` (a test
     split) are left out of training, and so is any train photo whose bytes equal a val photo's.
+    ``val_fold``: ``[k, n]`` carves val as the k-th of n folds by photo (cross-validation)
+    instead of ``val_fraction``; ``train_photos``: train on at most that many photos (seeded).
 
     ``sources``: several datasets trained together instead of ``root``: ``{name: {root, weight,
-    and any of train_split, val_split, val_fraction, split_seed, holdout_split}}``. Each class's tiles (crack,
+    and any of train_split, val_split, val_fraction, val_fold, split_seed, holdout_split,
+    train_photos}}``. Each class's tiles (crack,
     background) are shared between the datasets by ``weight`` (default 1); validation runs on
     every dataset's val photos (``val/dice`` pooled over all, ``val/<name>/dice`` each).
 
@@ -47,6 +50,7 @@ class CrackDataModule(pl.LightningDataModule):
         train_split: str = "train",
         val_split: str = "val",
         val_fraction: float = 0.2,
+        val_fold: list[int] | None = None,
         split_seed: int = 0,
         tile: int = 256,
         stride: int | None = None,
@@ -61,6 +65,7 @@ class CrackDataModule(pl.LightningDataModule):
         scale_range: list[float] | None = None,
         sources: dict[str, dict] | None = None,
         holdout_split: str | None = None,
+        train_photos: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["augment"], logger=False)

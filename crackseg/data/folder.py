@@ -8,7 +8,7 @@ synthetic generator's joints and borders labelled background in ``distractors/<s
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import cv2
@@ -41,40 +41,55 @@ def match_pairs(image_dir: Path, mask_dir: Path) -> list[Pair]:
     return [(p, masks[p.stem]) for p in photos]
 
 
-def split_by_photo(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Seeded ``(train, val)`` split of whole photos; at least one photo on each side."""
+def split_by_photo(pairs: list[Pair], val_fraction: float, seed: int,
+                   fold: Sequence[int] | None = None) -> tuple[list[Pair], list[Pair]]:
+    """Seeded ``(train, val)`` split of whole photos; at least one photo on each side.
+    ``fold``: ``(k, n)``: the photos in the seeded order cut into ``n`` folds, the ``k``-th (from 0)
+    is val, for cross-validation by photo (fold 0 starts the same order as the fraction's carve)."""
     if len(pairs) < 2:
         raise ImageReadError(f"cannot split {len(pairs)} photo(s) into train and val: {pairs}")
     order = np.random.default_rng(seed).permutation(len(pairs))
-    n_val = min(len(pairs) - 1, max(1, int(round(len(pairs) * val_fraction))))
-    val = sorted(pairs[i] for i in order[:n_val])
-    train = sorted(pairs[i] for i in order[n_val:])
+    if fold is None:
+        n_val = min(len(pairs) - 1, max(1, int(round(len(pairs) * val_fraction))))
+        val_at = order[:n_val]
+    else:
+        k, n = fold
+        if not 2 <= n <= len(pairs) or not 0 <= k < n:
+            raise ValueError(f"val_fold must be [k, n] with 2 <= n <= {len(pairs)} photos and 0 <= k < n, got {list(fold)}")
+        val_at = np.array_split(order, n)[k]
+    in_val = set(val_at.tolist())
+    val = sorted(pairs[i] for i in in_val)
+    train = sorted(pairs[i] for i in range(len(pairs)) if i not in in_val)
     return train, val
 
 
 def find_splits(
-    root: str | Path, train_split: str = "train", val_split: str = "val", val_fraction: float = 0.2, seed: int = 0
+    root: str | Path, train_split: str = "train", val_split: str = "val", val_fraction: float = 0.2, seed: int = 0,
+    fold: Sequence[int] | None = None,
 ) -> tuple[list[Pair], list[Pair]]:
     """``(train, val)`` pairs under ``root``.
 
     Uses ``images/<train_split>`` and ``images/<val_split>`` when both exist; without the
     validation folder, validation photos are carved out of the training ones (or out of a
-    flat ``images/``) by photo, with ``val_fraction`` and ``seed``.
+    flat ``images/``) by photo, with ``val_fraction`` and ``seed``, or as fold ``fold = (k, n)``.
     """
     root = Path(root)
     if not root.is_dir():
         raise ImageReadError(f"dataset folder not found: {root}")
     train_dir, val_dir = root / "images" / train_split, root / "images" / val_split
     if train_dir.is_dir() and val_dir.is_dir():
+        if fold is not None:
+            raise ValueError(f"val_fold carves val photos out of train, but {root} has its own {val_dir}")
         return match_pairs(train_dir, root / "masks" / train_split), match_pairs(val_dir, root / "masks" / val_split)
     if train_dir.is_dir():
-        return split_by_photo(match_pairs(train_dir, root / "masks" / train_split), val_fraction, seed)
+        return split_by_photo(match_pairs(train_dir, root / "masks" / train_split), val_fraction, seed, fold)
     if (root / "images").is_dir() and _images(root / "images"):
-        return split_by_photo(match_pairs(root / "images", root / "masks"), val_fraction, seed)
+        return split_by_photo(match_pairs(root / "images", root / "masks"), val_fraction, seed, fold)
     raise ImageReadError(f"no images/{train_split}/ or flat images/ folder with photos in {root}")
 
 
-SOURCE_KEYS = ("root", "train_split", "val_split", "val_fraction", "split_seed", "holdout_split", "weight")
+SOURCE_KEYS = ("root", "train_split", "val_split", "val_fraction", "val_fold", "split_seed", "holdout_split",
+               "train_photos", "weight")
 
 
 def data_sources(data) -> dict[str, dict]:
@@ -83,7 +98,8 @@ def data_sources(data) -> dict[str, dict]:
     dataset at ``root`` (named ``data``)."""
     defaults = {"root": data.get("root"), "train_split": data.get("train_split", "train"),
                 "val_split": data.get("val_split", "val"), "val_fraction": data.get("val_fraction", 0.2),
-                "split_seed": data.get("split_seed", 0), "holdout_split": data.get("holdout_split"), "weight": 1.0}
+                "val_fold": data.get("val_fold"), "split_seed": data.get("split_seed", 0),
+                "holdout_split": data.get("holdout_split"), "train_photos": data.get("train_photos"), "weight": 1.0}
     sources = data.get("sources")
     if sources is None:
         return {"data": defaults}
@@ -98,13 +114,20 @@ def data_sources(data) -> dict[str, dict]:
 
 def source_splits(source: dict) -> tuple[list[Pair], list[Pair]]:
     """``(train, val)`` pairs of one dataset's settings (:func:`data_sources`); train photos whose
-    stem is also in the ``holdout_split`` folder are left out."""
+    stem is also in the ``holdout_split`` folder are left out, then at most ``train_photos`` of
+    the rest are kept (drawn with ``split_seed``)."""
     train, val = find_splits(source["root"], source["train_split"], source["val_split"], source["val_fraction"],
-                             source["split_seed"])
+                             source["split_seed"], source["val_fold"])
     if source["holdout_split"]:
         root, split = Path(source["root"]), source["holdout_split"]
         held_out = {p.stem for p, _ in match_pairs(root / "images" / split, root / "masks" / split)}
         train = [(p, m) for p, m in train if p.stem not in held_out]
+    limit = source["train_photos"]
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"train_photos must be at least 1, got {limit} (for {source['root']})")
+        order = np.random.default_rng(source["split_seed"]).permutation(len(train))
+        train = sorted(train[i] for i in order[:limit])
     return train, val
 
 
