@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from bench.predict_bench import _sync  # noqa: E402
 from crackseg.data.folder import split_sources  # noqa: E402
 from crackseg.inference.onnx import OnnxModel, cached_export  # noqa: E402
 from crackseg.inference.predictor import Predictor  # noqa: E402
@@ -43,44 +44,39 @@ from crackseg.tiling import TileCounts  # noqa: E402
 CACHE = ROOT / ".cache" / "onnx"
 
 
-class TimedModel:
-    """A model whose calls are clocked (synchronised on a GPU) and summed in ``seconds``."""
+class Timed:
+    """A model call clocked (synchronised on a GPU), its seconds summed in ``seconds``."""
 
-    def __init__(self, model, device: torch.device):
-        self.model, self.device, self.seconds = model, device, 0.0
-        self.threshold, self.tile = model.threshold, model.tile
-        self.precision = getattr(model, "precision", "fp32")
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+    def __init__(self, forward, device: torch.device):
+        self.forward, self.device, self.seconds = forward, device, 0.0
 
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
-        self._sync()
-        started = time.perf_counter()
-        out = self.model(tiles)
-        self._sync()
-        self.seconds += time.perf_counter() - started
+        started = _sync(self.device)
+        out = self.forward(tiles)
+        self.seconds += _sync(self.device) - started
         return out
 
 
-def routes_for(ckpt: Path, device: torch.device) -> dict[str, tuple[TimedModel, str | None]]:
-    """Route name -> (timed model, autocast precision for a PyTorch model)."""
+def routes_for(ckpt: Path, device: torch.device) -> dict[str, tuple[object, str | None]]:
+    """Route name -> (model, autocast precision for a PyTorch model)."""
     if device.type == "cuda":
         net = load_model(ckpt).to(device).eval()
-        return {"torch_fp32": (TimedModel(net, device), "fp32"), "torch_fp16": (TimedModel(net, device), "fp16")}
-    routes = {"ort_fp32": (TimedModel(OnnxModel(cached_export(ckpt, CACHE)), device), None)}
+        return {"torch_fp32": (net, "fp32"), "torch_fp16": (net, "fp16")}
+    routes = {"ort_fp32": (OnnxModel(cached_export(ckpt, CACHE)), None)}
     if calibration_path(ckpt).is_file():
-        routes["ort_int8"] = (TimedModel(OnnxModel(cached_int8(ckpt, CACHE)), device), None)
+        routes["ort_int8"] = (OnnxModel(cached_int8(ckpt, CACHE)), None)
     return routes
 
 
 def run(ckpt: Path, photo, device: torch.device, rounds: int) -> dict:
     thresholds = read_thresholds(ckpt)
-    cases = {f"{name}@{key}": (model, precision, [float(s) for s in key.split(",")], thresholds[key]["threshold"])
-             for name, (model, precision) in routes_for(ckpt, device).items() for key in ("1,2,0.5", "1")}
-    predictors = {case: (model, Predictor(model, scales, model.tile, precision=precision, cascade_threshold=threshold))
-                  for case, (model, precision, scales, threshold) in cases.items()}
+    predictors: dict[str, tuple[Timed, Predictor]] = {}
+    for name, (model, precision) in routes_for(ckpt, device).items():
+        for key in ("1,2,0.5", "1"):
+            predictor = Predictor(model, [float(s) for s in key.split(",")], model.tile, precision=precision,
+                                  cascade_threshold=thresholds[key]["threshold"])
+            predictor._forward = timed = Timed(predictor._forward, device)  # the model call, clocked
+            predictors[f"{name}@{key}"] = (timed, predictor)
     for _, predictor in predictors.values():  # warm-up
         predictor(photo[:512, :512])
     samples: dict[str, list[tuple[float, float]]] = {case: [] for case in predictors}
@@ -88,11 +84,11 @@ def run(ckpt: Path, photo, device: torch.device, rounds: int) -> dict:
     order = list(predictors)
     for round_ in range(rounds):
         for case in order if round_ % 2 == 0 else order[::-1]:
-            model, predictor = predictors[case]
-            model.seconds, counts[case] = 0.0, TileCounts()
+            timed, predictor = predictors[case]
+            timed.seconds, counts[case] = 0.0, TileCounts()
             started = time.perf_counter()
             predictor(photo, counts=counts[case])
-            samples[case].append((time.perf_counter() - started, model.seconds))
+            samples[case].append((time.perf_counter() - started, timed.seconds))
     result = {}
     for case, pairs in samples.items():
         wall, model_s = statistics.median(w for w, _ in pairs), statistics.median(m for _, m in pairs)

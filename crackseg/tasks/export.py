@@ -39,10 +39,10 @@ def export(cfg: DictConfig) -> Path:
 
 
 def _export_int8(cfg: DictConfig, model, out: Path) -> None:
-    from crackseg.data.folder import split_sources
+    from crackseg.data.folder import split_pairs
     from crackseg.inference.quantize import calibrate, calibration_path, calibration_tiles
 
-    pairs = [pair for source in split_sources(cfg.data, "train").values() for pair in source]
+    pairs = split_pairs(cfg.data, "train")
     tiles = calibration_tiles(pairs, cfg.calibration_tiles, model.tile)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", cfg.opset)
