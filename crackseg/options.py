@@ -114,6 +114,7 @@ def check_training_options(cfg: DictConfig) -> None:
     _number("data.batch_size", data.batch_size, 1, integer=True)
     _number("data.tiles_per_epoch", data.tiles_per_epoch, data.batch_size, integer=True)
     _number("data.crack_fraction", data.crack_fraction, 0, 1)
+    _number("data.paste_joints", data.get("paste_joints", 0.0), 0, 1)
     _number("data.num_workers", data.num_workers, 0, integer=True)
     scale_range = data.get("scale_range")
     if scale_range is not None and not (isinstance(scale_range, (list, ListConfig)) and len(scale_range) == 2

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, DistributedSampler
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from crackseg.data import synthetic
 from crackseg.data.cache import CachedPair, cache_pair
 from crackseg.data.folder import data_sources, source_splits, without_copies
+from crackseg.data.joints import PasteJoints
 from crackseg.data.sampling import BalancedTileSampler, PhotoDataset, TileDataset, TileIndex
 from crackseg.io import ImageReadError
 
@@ -30,6 +32,8 @@ class CrackDataModule(pl.LightningDataModule):
     split) are left out of training, and so is any train photo whose bytes equal a val photo's.
     ``val_fold``: ``[k, n]`` carves val as the k-th of n folds by photo (cross-validation)
     instead of ``val_fraction``; ``train_photos``: train on at most that many photos (seeded).
+    ``paste_joints``: the probability that a training tile gets realistic joints pasted on it,
+    labelled background (:class:`~crackseg.data.joints.PasteJoints`, before ``augment``).
 
     ``sources``: several datasets trained together instead of ``root``: ``{name: {root, weight,
     and any of train_split, val_split, val_fraction, val_fold, split_seed, holdout_split,
@@ -66,9 +70,14 @@ class CrackDataModule(pl.LightningDataModule):
         sources: dict[str, dict] | None = None,
         holdout_split: str | None = None,
         train_photos: int | None = None,
+        paste_joints: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["augment"], logger=False)
+        if not 0 <= paste_joints <= 1:
+            raise ValueError(f"paste_joints is a probability in [0, 1], got {paste_joints}")
+        if paste_joints > 0:
+            augment = A.Compose([PasteJoints(p=paste_joints), *([augment] if augment is not None else [])])
         self.augment = augment
         if (root is None) == (sources is None):
             raise ValueError("give the data as either root or sources, not both")
