@@ -108,9 +108,11 @@ class PasteJoints(A.DualTransform):
 
     def apply(self, img: np.ndarray, gain: np.ndarray, alpha: np.ndarray, colour: np.ndarray, keep: np.ndarray,
               **params: Any) -> np.ndarray:
-        pasted = img.astype(np.float32) * (gain * (1 - alpha))[..., None] + alpha[..., None] * colour
-        pasted = np.clip(np.rint(pasted), 0, 255).astype(img.dtype)
-        pasted[keep] = img[keep]
+        channels = img.shape[2]
+        scaled = cv2.multiply(img.astype(np.float32), cv2.merge([gain * (1 - alpha)] * channels))
+        tinted = cv2.add(scaled, cv2.merge([alpha * c for c in colour[:channels]]))
+        pasted = cv2.convertScaleAbs(tinted)  # rounds and saturates to uint8; values are >= 0
+        np.copyto(pasted, img, where=keep[..., None])
         return pasted
 
     def apply_to_mask(self, mask: np.ndarray, **params: Any) -> np.ndarray:
