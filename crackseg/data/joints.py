@@ -51,10 +51,11 @@ def _side(points: np.ndarray, size: int) -> np.ndarray:
 
 
 def joint_layer(rng: np.random.Generator, size: int, max_joints: int = 2,
-                width: tuple[int, int] = (3, 14)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draws 1..``max_joints`` joints over a ``size`` tile: ``(gain, alpha, colour)`` such that the
-    pasted tile is ``image * gain * (1 - alpha) + colour * alpha`` (float32 (size, size) maps and an
-    RGB colour)."""
+                width: tuple[int, int] = (3, 14)) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Draws 1..``max_joints`` joints over a ``size`` tile: ``(gain, alpha, colour, lines)`` such
+    that the pasted tile is ``image * gain * (1 - alpha) + colour * alpha`` (float32 (size, size)
+    maps and an RGB colour); ``lines`` (bool) marks the joints' strokes (a border's groove)."""
+    lines = np.zeros((size, size), bool)
     gain = np.ones((size, size), np.float32)
     alpha = np.zeros((size, size), np.float32)
     colour = np.zeros(3, np.float32)
@@ -71,18 +72,22 @@ def joint_layer(rng: np.random.Generator, size: int, max_joints: int = 2,
         soft = lambda m: cv2.GaussianBlur(m, (0, 0), rng.uniform(0.5, 1.2))  # noqa: E731
         if kind == "groove":  # open sawn joint: a dark core between lighter chamfers
             chamfer = _line(points, size, w + 2 * int(rng.integers(1, 4)))
-            core = _line(points, size, w)
+            core = stroke = _line(points, size, w)
             gain *= 1 + soft(chamfer - core) * rng.uniform(-0.1, 0.25) - soft(core) * rng.uniform(0.3, 0.65)
         elif kind == "sealant":  # filled with bitumen or silicone: a flat colour of its own
             grey = rng.choice([rng.uniform(25, 70), rng.uniform(120, 200)])
             colour = np.clip(grey * (1 + rng.uniform(-0.08, 0.08, 3)), 0, 255).astype(np.float32)
-            alpha = np.maximum(alpha, soft(_line(points, size, w)) * rng.uniform(0.75, 0.95))
+            stroke = _line(points, size, w)
+            alpha = np.maximum(alpha, soft(stroke) * rng.uniform(0.75, 0.95))
         elif kind == "border":  # slab edge: a brightness step with a narrow groove
             gain *= 1 + soft(_side(points, size)) * rng.uniform(-0.2, 0.2)
-            gain *= 1 - soft(_line(points, size, int(rng.integers(1, 4)))) * rng.uniform(0.25, 0.5)
+            stroke = _line(points, size, int(rng.integers(1, 4)))
+            gain *= 1 - soft(stroke) * rng.uniform(0.25, 0.5)
         else:  # formwork seam: a thin line, darker or raised and lighter
-            gain *= 1 + soft(_line(points, size, int(rng.integers(1, 3)))) * rng.choice([-1, 1]) * rng.uniform(0.1, 0.3)
-    return gain, alpha, colour
+            stroke = _line(points, size, int(rng.integers(1, 3)))
+            gain *= 1 + soft(stroke) * rng.choice([-1, 1]) * rng.uniform(0.1, 0.3)
+        lines |= stroke > 0.5
+    return gain, alpha, colour, lines
 
 
 class PasteJoints(A.DualTransform):
@@ -102,7 +107,7 @@ class PasteJoints(A.DualTransform):
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         height, width = params["shape"][:2]
-        gain, alpha, colour = joint_layer(self.random_generator, max(height, width), self.max_joints, self.width)
+        gain, alpha, colour, _ = joint_layer(self.random_generator, max(height, width), self.max_joints, self.width)
         keep = data["mask"] > 0 if "mask" in data else np.zeros((height, width), bool)
         return {"gain": gain[:height, :width], "alpha": alpha[:height, :width], "colour": colour, "keep": keep}
 
