@@ -32,19 +32,9 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from crackseg import metrics  # noqa: E402
 from crackseg.data.folder import split_sources  # noqa: E402
-from crackseg.data.joints import PasteJoints, joint_layer  # noqa: E402
+from crackseg.data.joints import paste_joints  # noqa: E402
 from crackseg.inference.backends import predictor_from_config  # noqa: E402
 from crackseg.io import read_pair  # noqa: E402
-
-
-def paste(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``image`` with 1-4 joints pasted (crack pixels untouched) and the joints' stroke pixels."""
-    height, width = mask.shape
-    gain, alpha, colour, lines = (np.ascontiguousarray(m[:height, :width]) if m.ndim == 2 else m
-                                  for m in joint_layer(rng, max(height, width), max_joints=4))
-    keep = mask > 0
-    pasted = PasteJoints().apply(image, gain=gain, alpha=alpha, colour=colour, keep=keep)
-    return pasted, lines & ~keep
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -71,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
         for photo_path, mask_path in pairs:
             photo, truth = read_pair(photo_path, mask_path)
             truth = truth.astype(bool)
-            with_joints, lines = paste(photo, truth, rng)
+            with_joints, lines = paste_joints(photo, truth, rng, max_joints=4)
             pred_clean = predictor(photo) >= threshold
             pred_pasted = predictor(with_joints) >= threshold
             clean += metrics.confusion(pred_clean, truth)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from crackseg.data.datamodule import CrackDataModule
-from crackseg.data.joints import PasteJoints
+from crackseg.data.joints import PasteJoints, paste_joints
 
 
 def _textured_tile(seed: int, size: int = 96) -> np.ndarray:
@@ -63,3 +63,21 @@ def test_datamodule_pastes_joints_before_its_augmentation(tmp_path):
     assert CrackDataModule(str(tmp_path), cache_dir=str(tmp_path), augment=flip).augment is flip
     with pytest.raises(ValueError, match="paste_joints"):
         CrackDataModule(str(tmp_path), cache_dir=str(tmp_path), paste_joints=1.5)
+
+
+def test_paste_joints_on_a_wide_photo_returns_the_strokes_it_drew():
+    image = np.full((60, 140, 3), 128, np.uint8)
+    keep = np.zeros((60, 140), bool)
+    keep[:, 70:74] = True
+    drawn = 0
+    for seed in range(6):
+        pasted, lines = paste_joints(image, keep, np.random.default_rng(seed), max_joints=3)
+        assert pasted.shape == image.shape and lines.shape == keep.shape
+        np.testing.assert_array_equal(pasted[keep], image[keep])
+        assert not (lines & keep).any()
+        # the strokes are where the photo changed
+        changed = np.abs(pasted.astype(int) - image).max(axis=2) > 0
+        if lines.any():
+            assert changed[lines].mean() > 0.9
+            drawn += 1
+    assert drawn >= 3

@@ -22,7 +22,7 @@ KINDS = ("groove", "sealant", "border", "seam")
 
 def _stroke(rng: np.random.Generator, size: int, angle: float) -> np.ndarray:
     """Points of a line through the tile at ``angle`` (radians), reaching past its edges, bowed
-    by up to 2 % of its length (a gently curved joint) half of the time."""
+    by up to 3 % of the tile's side (a gently curved joint) half of the time."""
     centre = rng.uniform(0.15, 0.85, 2) * size
     direction = np.array([np.cos(angle), np.sin(angle)])
     normal = np.array([-direction[1], direction[0]])
@@ -90,6 +90,32 @@ def joint_layer(rng: np.random.Generator, size: int, max_joints: int = 2,
     return gain, alpha, colour, lines
 
 
+def composite(image: np.ndarray, gain: np.ndarray, alpha: np.ndarray, colour: np.ndarray,
+              keep: np.ndarray) -> np.ndarray:
+    """``image * gain * (1 - alpha) + colour * alpha`` as uint8, except at the ``keep`` pixels."""
+    channels = image.shape[2]
+    scaled = cv2.multiply(image.astype(np.float32), cv2.merge([gain * (1 - alpha)] * channels))
+    tinted = cv2.add(scaled, cv2.merge([alpha * c for c in colour[:channels]]))
+    pasted = cv2.convertScaleAbs(tinted)  # rounds and saturates to uint8; values are >= 0
+    np.copyto(pasted, image, where=keep[..., None])
+    return pasted
+
+
+def _layer_for(rng: np.random.Generator, height: int, width: int, max_joints: int,
+               widths: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    gain, alpha, colour, lines = joint_layer(rng, max(height, width), max_joints, widths)
+    crop = np.s_[:height, :width]
+    return np.ascontiguousarray(gain[crop]), np.ascontiguousarray(alpha[crop]), colour, lines[crop]
+
+
+def paste_joints(image: np.ndarray, keep: np.ndarray, rng: np.random.Generator, max_joints: int = 2,
+                 width: tuple[int, int] = (3, 14)) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` (H, W, C) uint8 with 1..``max_joints`` joints pasted on it, the ``keep`` pixels
+    (cracks) untouched, and the joints' stroke pixels outside ``keep``."""
+    gain, alpha, colour, lines = _layer_for(rng, *keep.shape, max_joints, width)
+    return composite(image, gain, alpha, colour, keep), lines & ~keep
+
+
 class PasteJoints(A.DualTransform):
     """Pastes 1..``max_joints`` realistic joints (see the module) onto the image, background in
     the mask, with probability ``p``; pixels of the mask's cracks are left as they were."""
@@ -107,18 +133,13 @@ class PasteJoints(A.DualTransform):
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         height, width = params["shape"][:2]
-        gain, alpha, colour, _ = joint_layer(self.random_generator, max(height, width), self.max_joints, self.width)
+        gain, alpha, colour, _ = _layer_for(self.random_generator, height, width, self.max_joints, self.width)
         keep = data["mask"] > 0 if "mask" in data else np.zeros((height, width), bool)
-        return {"gain": gain[:height, :width], "alpha": alpha[:height, :width], "colour": colour, "keep": keep}
+        return {"gain": gain, "alpha": alpha, "colour": colour, "keep": keep}
 
     def apply(self, img: np.ndarray, gain: np.ndarray, alpha: np.ndarray, colour: np.ndarray, keep: np.ndarray,
               **params: Any) -> np.ndarray:
-        channels = img.shape[2]
-        scaled = cv2.multiply(img.astype(np.float32), cv2.merge([gain * (1 - alpha)] * channels))
-        tinted = cv2.add(scaled, cv2.merge([alpha * c for c in colour[:channels]]))
-        pasted = cv2.convertScaleAbs(tinted)  # rounds and saturates to uint8; values are >= 0
-        np.copyto(pasted, img, where=keep[..., None])
-        return pasted
+        return composite(img, gain, alpha, colour, keep)
 
     def apply_to_mask(self, mask: np.ndarray, **params: Any) -> np.ndarray:
         return mask
