@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -150,6 +151,9 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # tempfile.mkstemp's names in atomic_write
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``: never
     half-written, and streamed (no copy of the data in memory)."""
@@ -194,10 +198,12 @@ def write_csv(path: str | Path, fieldnames: Sequence[str], rows: Iterable[dict])
 
 def remove_stale_temp_files(folder: str | Path, older_than_s: float = 600) -> list[Path]:
     """Delete the temporary files :func:`atomic_write_bytes` leaves in ``folder`` when a run is
-    killed mid-write (``.<name>.<random>.tmp``), once untouched for ``older_than_s`` (a running
-    writer's file is fresh); returns what was deleted."""
+    killed mid-write (``.<name>.<8 random characters>.tmp``), once untouched for ``older_than_s``
+    (a running writer's file is fresh); returns what was deleted."""
     folder, now, removed = Path(folder), time.time(), []
     for path in folder.glob(".*.tmp") if folder.is_dir() else []:
+        if not _TEMP_NAME.fullmatch(path.name):  # a user's own hidden .tmp file
+            continue
         try:
             if path.is_file() and now - path.stat().st_mtime > older_than_s:
                 path.unlink()

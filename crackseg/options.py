@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from crackseg.tiling import scale_factor
@@ -43,6 +44,13 @@ def check_tile(name: str, tile) -> None:
         _fail(name, tile, f"must be a multiple of {NET_MULTIPLE} (the nets' size multiple), e.g. 256 or 512")
 
 
+def check_tile_scales(tile: int, scales, whose: str = "") -> None:
+    """Every upscaled tile maps onto whole source pixels: ``tile`` a multiple of each scale k > 1."""
+    biggest = max((scale_factor(s)[1] for s in scales if scale_factor(s)[0]), default=1)
+    if tile % biggest:
+        _fail("scales", list(scales), f"the tile{whose} ({tile}) must be a multiple of the largest scale {biggest}")
+
+
 def check_writable_folder(name: str, folder) -> None:
     """The folder exists or can be made, and a file can be written in it."""
     path = Path(str(folder))
@@ -67,9 +75,7 @@ def check_inference_options(cfg: DictConfig) -> None:
             _fail("scales", list(scales), "each scale must be an integer k or 1/k (e.g. 1, 2, 0.5)")
     if cfg.tile is not None:
         check_tile("tile", cfg.tile)
-        biggest = max((scale_factor(s)[1] for s in scales if scale_factor(s)[0]), default=1)
-        if cfg.tile % biggest:
-            _fail("tile", cfg.tile, f"must be a multiple of the largest scale {biggest}")
+        check_tile_scales(cfg.tile, scales)
     if cfg.threshold is not None:
         _number("threshold", cfg.threshold, 0, 1)
     _number("overlap", cfg.overlap, 0, 1, open_high=True)
@@ -79,6 +85,8 @@ def check_inference_options(cfg: DictConfig) -> None:
     _choice("precision", cfg.precision, ("auto", "fp32", "fp16", "bf16", "int8"))
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device)):
         _fail("device", cfg.device, "must be auto, cpu, cuda or cuda:N")
+    if "save_threshold" in cfg and not (isinstance(cfg.save_threshold, bool) or cfg.save_threshold == "replace"):
+        _fail("save_threshold", cfg.save_threshold, "must be true, false or replace")
     if "tolerance" in cfg:
         _number("tolerance", cfg.tolerance, 0)
     if "min_crack_length_px" in cfg:
@@ -121,3 +129,20 @@ def check_training_options(cfg: DictConfig) -> None:
                                         and all(isinstance(v, (int, float)) for v in scale_range)
                                         and 0 < scale_range[0] <= scale_range[1]):
         _fail("data.scale_range", scale_range, "must be [lo, hi] with 0 < lo <= hi, e.g. [0.5, 2], or null")
+    _number("model.threshold", cfg.model.get("threshold", 0.5), 0, 1)
+    _number("model.val_overlap", cfg.model.get("val_overlap", 0.25), 0, 1, open_high=True)
+    if cfg.get("ckpt_path") not in (None, "last"):
+        _check_resumable(cfg.ckpt_path)
+
+
+def _check_resumable(path) -> None:
+    """``ckpt_path`` resumes a training: a training checkpoint, not a slim one (those fine-tune)."""
+    if not Path(str(path)).is_file():
+        _fail("ckpt_path", path, "must be a training checkpoint file to resume from (or last)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - whatever the reason, it cannot be resumed from
+        _fail("ckpt_path", path, f"is not a readable training checkpoint ({type(err).__name__})")
+    if not isinstance(checkpoint, dict) or "optimizer_states" not in checkpoint:
+        _fail("ckpt_path", path, "holds no training state (a shipped or exported model?): resume needs a "
+              "training checkpoint; to start from this model's weights use init_from= instead")

@@ -15,7 +15,7 @@ from crackseg.data.folder import split_pairs
 from crackseg.tasks.evaluate import evaluate
 from crackseg import metrics
 from crackseg.models.checkpoints import load_model
-from crackseg.models.thresholds import read_thresholds, resolve_threshold, threshold_path
+from crackseg.models.thresholds import read_thresholds, resolve_threshold, threshold_path, write_threshold
 from crackseg.io import write_image
 from tests.conftest import ROOT
 
@@ -157,3 +157,17 @@ def test_threshold_files_of_the_older_one_threshold_layout_still_apply(tmp_path)
     threshold_path(model).write_text(json.dumps({"threshold": 0.4, "scales": [1]}))
     assert resolve_threshold(model, 0.5, None, [1]) == 0.4 and resolve_threshold(model, 0.5, None, [1, 2]) == 0.5
     assert read_thresholds(model) == {"1": {"threshold": 0.4, "scales": [1]}}
+
+
+def test_a_threshold_chosen_on_other_data_is_kept_unless_replaced(tmp_path, caplog):
+    model = tmp_path / "shipped.ckpt"  # e.g. the shipped model, evaluated on the synthetic default data
+    write_threshold(model, 0.38, [1, 2, 0.5], {"split": "general:val"})
+    assert write_threshold(model, 0.38, [1], {"split": "general:val"}) == threshold_path(model)
+    with caplog.at_level(logging.WARNING, logger="crackseg.models.thresholds"):
+        assert write_threshold(model, 0.9, [1, 2, 0.5], {"split": "synthetic:val"}) is None
+    assert "kept the threshold 0.3800 chosen on general:val at scales [1,2,0.5]" in caplog.text
+    assert resolve_threshold(model, 0.5, None, [1, 2, 0.5]) == 0.38
+    write_threshold(model, 0.4, [1, 2, 0.5], {"split": "general:val"})  # the same data again: replaced
+    assert resolve_threshold(model, 0.5, None, [1, 2, 0.5]) == 0.4
+    write_threshold(model, 0.9, [1, 2, 0.5], {"split": "synthetic:val"}, replace=True)
+    assert read_thresholds(model)["1,2,0.5"]["threshold"] == 0.9 and read_thresholds(model)["1"]["threshold"] == 0.38

@@ -112,17 +112,20 @@ def test_a_streamed_json_is_the_text_json_dumps_writes(tmp_path):
 
 def test_only_our_stale_temporary_files_are_removed(tmp_path):
     import os
+    import tempfile
     import time
 
-    stale, fresh = tmp_path / ".a_mask.png.x1y2.tmp", tmp_path / ".b_mask.png.z3.tmp"
-    user_file, other_hidden = tmp_path / "notes.tmp", tmp_path / ".config"
-    for path in (stale, fresh, user_file, other_hidden):
+    fd, name = tempfile.mkstemp(dir=tmp_path, prefix=".a_mask.png.", suffix=".tmp")  # atomic_write's kind
+    os.close(fd)
+    stale, fresh = tmp_path / os.path.basename(name), tmp_path / ".b_mask.png.z3abcdef.tmp"
+    user_files = [tmp_path / name for name in ("notes.tmp", ".config", ".foo.tmp", ".a.png.short.tmp")]
+    for path in (stale, fresh, *user_files):
         path.write_bytes(b"x")
     hour_ago = time.time() - 3600
-    for path in (stale, user_file, other_hidden):
+    for path in (stale, *user_files):
         os.utime(path, (hour_ago, hour_ago))
     assert remove_stale_temp_files(tmp_path) == [stale]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".b_mask.png.z3.tmp", ".config", "notes.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, *(p.name for p in user_files)])
     assert remove_stale_temp_files(tmp_path / "absent") == []
 
 

@@ -43,6 +43,14 @@ def test_bad_prediction_options_name_the_option_and_what_is_allowed(tmp_path, ov
     check_inference_options(_cfg("predict", tmp_path, "tile=512", "scales=[1,4,0.25]", "threshold=0"))
 
 
+def test_scales_must_divide_the_tile_given_or_the_models(tmp_path):
+    with pytest.raises(OptionError, match=r"scales=\[1, 3\]: the tile \(64\) must be a multiple of the largest scale 3"):
+        check_inference_options(_cfg("predict", tmp_path, "tile=64", "scales=[1,3]"))
+    check_inference_options(_cfg("predict", tmp_path, "scales=[1,3]"))  # the model's tile: checked once loaded
+    with pytest.raises(OptionError, match="save_threshold='maybe': must be true, false or replace"):
+        check_inference_options(_cfg("evaluate", tmp_path, "save_threshold=maybe"))
+
+
 def test_shards_must_share_an_output_folder(tmp_path):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("predict", overrides=["ckpt=x", "input=x", "shard.count=2", "shard.index=1"])
@@ -63,6 +71,11 @@ def test_an_output_that_cannot_be_a_folder_is_refused(tmp_path):
     ("data.paste_joints=2", "data.paste_joints=2: must be a number in [0, 1]"),
     ("data.scale_range=[2,0.5]", "data.scale_range=[2, 0.5]: must be [lo, hi]"),
     ("data.tiles_per_epoch=2", "data.tiles_per_epoch=2: must be an integer >= 4"),
+    ("model.threshold=1.5", "model.threshold=1.5: must be a number in [0, 1]"),
+    ("model.val_overlap=1", "model.val_overlap=1: must be a number in [0, 1)"),
+    ("ckpt_path=missing.ckpt", "ckpt_path='missing.ckpt': must be a training checkpoint file"),
+    (f"ckpt_path={ROOT / 'models' / 'crackseg-general.ckpt'}", "holds no training state (a shipped or exported "
+     "model?): resume needs a training checkpoint; to start from this model's weights use init_from= instead"),
 ])
 def test_bad_training_options_are_refused(override, message):
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):

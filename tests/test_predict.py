@@ -12,7 +12,7 @@ import torch
 from crackseg.inference.predictor import Predictor
 from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.tiling import count_tiles
-from crackseg.io import read_mask, write_image
+from crackseg.io import ImageReadError, read_mask, write_image
 from crackseg.models.module import CrackSegModule
 from crackseg.tasks.predict import predict
 from crackseg.report.photo_outputs import (
@@ -298,6 +298,29 @@ def test_a_saved_prediction_is_summarised_from_the_head_of_its_contours_file(tmp
     del document["count"]  # as written before the count was stored: read whole
     paths["contours"].write_text(json.dumps(document))
     assert saved_prediction_fields(paths) == expected
+    paths["contours"].write_text('{"width": 80, "heig')  # damaged outside crackseg: names the file and the remedy
+    with pytest.raises(ImageReadError, match=f"unreadable saved contours .*overwrite=true: {paths['contours']}"):
+        saved_prediction_fields(paths)
+    paths["contours"].write_text(json.dumps(document))
+    paths["mask"].write_bytes(b"not a png")
+    with pytest.raises(ImageReadError, match=str(paths["mask"])):
+        saved_prediction_fields(paths)
+
+
+def test_scales_the_models_tile_cannot_take_and_a_missing_gpu_are_refused_before_any_photo(red_checkpoint, tmp_path):
+    from crackseg.options import OptionError
+
+    copy = tmp_path / "red.ckpt"
+    copy.write_bytes(red_checkpoint.read_bytes())
+    write_image(tmp_path / "in" / "p.png", np.zeros((40, 40, 3), np.uint8))
+    cfg = _predict_cfg(ckpt=str(copy), input=str(tmp_path / "in"), output=str(tmp_path / "out"), tile=None,
+                       scales=[1, 3])
+    with pytest.raises(OptionError, match=f"scales=\\[1, 3\\]: the tile of {copy} \\(256\\) must be a multiple of"):
+        predict(cfg)
+    cfg.scales, cfg.device = [1], f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(OptionError, match=f"device='cuda:{torch.cuda.device_count()}': this machine has"):
+        predict(cfg)
+    assert not list((tmp_path / "out").glob("p_*"))
 
 
 def test_cli_exits_non_zero_on_a_missing_checkpoint(tmp_path):

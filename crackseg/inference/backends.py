@@ -15,6 +15,7 @@ from crackseg.inference.quantize import cached_int8, calibration_path, cpu_has_v
 from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.models.nets import CrackSegNet
 from crackseg.models.thresholds import resolve_threshold
+from crackseg.options import OptionError, check_tile_scales
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,11 @@ def load_for_prediction(
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise OptionError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                          f"(use device=cpu or auto)")
+    return chosen
 
 
 def predictor_from_config(cfg: DictConfig, cascade: bool = False) -> tuple[Predictor, float]:
@@ -91,6 +96,7 @@ def predictor_from_config(cfg: DictConfig, cascade: bool = False) -> tuple[Predi
     model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device, cfg.precision, cfg.compile, cfg.onnx_cache)
     threshold = resolve_threshold(cfg.ckpt, model.threshold, cfg.threshold, cfg.scales)
     tile = int(cfg.tile if cfg.tile is not None else model.tile)
+    check_tile_scales(tile, cfg.scales, "" if cfg.tile is not None else f" of {cfg.ckpt}")
     precision = None if cfg.precision == "auto" else cfg.precision  # None: the model's own (ONNX), or fp32
     predictor = Predictor(model, cfg.scales, tile, cfg.overlap, cfg.batch_size, cfg.blend, precision, cfg.compile,
                           cascade_threshold=threshold if cascade else None)

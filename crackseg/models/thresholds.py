@@ -49,10 +49,21 @@ def read_thresholds(model_path: str | Path) -> dict[str, dict]:
     return entries
 
 
-def write_threshold(model_path: str | Path, threshold: float, scales: Sequence[float], details: dict) -> Path:
-    """Store ``threshold`` for ``scales`` beside ``model_path``, keeping the other scale sets'."""
+def write_threshold(model_path: str | Path, threshold: float, scales: Sequence[float], details: dict,
+                    replace: bool = False) -> Path | None:
+    """Store ``threshold`` for ``scales`` beside ``model_path``, keeping the other scale sets'.
+    One chosen at these scales on another split (``details["split"]``) is kept unless ``replace``:
+    evaluating a model on other data (say the shipped one on synthetic photos) must not silently
+    change the threshold prediction uses. Returns the file, or None when nothing was written."""
     entries = read_thresholds(model_path)
-    entries[scales_key(scales)] = {"threshold": float(threshold), "scales": [float(s) for s in scales], **details}
+    key = scales_key(scales)
+    kept = entries.get(key)
+    if kept is not None and not replace and kept.get("split") != details.get("split"):
+        log.warning("kept the threshold %.4f chosen on %s at scales [%s] in %s: this one (%.4f) was chosen on %s "
+                    "(save_threshold=replace to store it)", kept["threshold"], kept.get("split"), key,
+                    threshold_path(model_path), threshold, details.get("split"))
+        return None
+    entries[key] = {"threshold": float(threshold), "scales": [float(s) for s in scales], **details}
     path = threshold_path(model_path)
     atomic_write_bytes(path, json.dumps({"by_scales": entries}, indent=1).encode())
     return path

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 
-from crackseg.io import write_csv, write_image, write_json_streamed
+from crackseg.io import ImageReadError, read_mask, write_csv, write_image, write_json_streamed
 
 SUMMARY_FIELDS = ["photo", "width", "height", "crack_pixels", "crack_fraction", "contours", "cracks", "total_length",
                   "max_width", "unit", "tiles", "tiles_skipped", "seconds", "measure_seconds", "status", "detail"]
@@ -103,7 +103,7 @@ def saved_prediction_fields(paths: dict[str, Path], mask: np.ndarray | None = No
     """The summary row fields of :func:`write_photo_outputs`, from the files it wrote (for a
     photo skipped as done): the crack pixels counted on the saved mask (``mask``: already read)."""
     head = _contours_head(paths["contours"])
-    mask = cv2.imread(str(paths["mask"]), cv2.IMREAD_GRAYSCALE) if mask is None else mask
+    mask = read_mask(paths["mask"]) if mask is None else mask
     crack_pixels = int(np.count_nonzero(mask))
     return {"width": head["width"], "height": head["height"], "crack_pixels": crack_pixels,
             "crack_fraction": round(crack_pixels / mask.size, 6), "contours": head["count"]}
@@ -117,8 +117,12 @@ def _contours_head(path: Path) -> dict:
     found = re.match(r'\{"width": (\d+), "height": (\d+), "threshold": [^,]+, "count": (\d+),', start)
     if found:
         return dict(zip(("width", "height", "count"), map(int, found.groups())))
-    document = json.loads(Path(path).read_text())
-    return {"width": document["width"], "height": document["height"], "count": len(document["contours"])}
+    try:
+        document = json.loads(Path(path).read_text())
+        return {"width": document["width"], "height": document["height"], "count": len(document["contours"])}
+    except (ValueError, KeyError, TypeError) as err:
+        raise ImageReadError(f"unreadable saved contours ({type(err).__name__}: {err}); delete the file or "
+                             f"predict with overwrite=true: {path}") from err
 
 
 def write_summary(path: Path, rows: list[dict]) -> None:

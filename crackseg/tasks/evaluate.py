@@ -126,7 +126,9 @@ def evaluate(cfg: DictConfig) -> dict:
                    (recall_curve[ods_index], precision_curve[ods_index]), f"{Path(_data_name(cfg.data)).name} {cfg.data.split}")
     if cfg.save_threshold and cfg.data.split == cfg.data.val_split:
         path = write_threshold(cfg.ckpt, ods_threshold, cfg.scales,
-                               {"ods": result["ods"], "split": result["split"], "photos": len(rows)})
-        log.info("stored the ODS threshold %.4f for predict.py and later evaluations: %s", ods_threshold, path)
+                               {"ods": result["ods"], "split": result["split"], "photos": len(rows)},
+                               replace=cfg.save_threshold == "replace")
+        if path:
+            log.info("stored the ODS threshold %.4f for predict.py and later evaluations: %s", ods_threshold, path)
     log.info("report: %s", output / "report.json")
     return result
