@@ -94,6 +94,11 @@ def test_batch_writes_outputs_reports_bad_photos_and_resumes(checkpoint, tiny_da
     cfg.overwrite = True
     predict(cfg)
     assert (out / f"{good[0][:-4]}_mask.png").stat().st_mtime_ns != stamp
+    cfg.overwrite, cfg.threshold = False, 0.4  # masks made at another threshold are not reused
+    assert predict(cfg) == 1
+    rows = {r["photo"].split("/")[-1]: r for r in csv.DictReader((out / "summary.csv").open())}
+    assert all(rows[name]["status"] == "ok" for name in good)
+    assert all(json.loads((out / f"{name[:-4]}_contours.json").read_text())["threshold"] == 0.4 for name in good)
 
 
 def test_cascade_writes_the_same_masks_and_counts_the_skipped_tiles(red_checkpoint, tmp_path):

@@ -109,17 +109,24 @@ def saved_prediction_fields(paths: dict[str, Path], mask: np.ndarray | None = No
             "crack_fraction": round(crack_pixels / mask.size, 6), "contours": head["count"]}
 
 
+def saved_threshold(paths: dict[str, Path]) -> float:
+    """The threshold a saved prediction's mask was made at."""
+    return _contours_head(paths["contours"])["threshold"]
+
+
 def _contours_head(path: Path) -> dict:
-    """Size and contour count of a ``_contours.json``, from its first bytes (a file of half a
+    """Size, threshold and contour count of a ``_contours.json``, from its first bytes (a file of half a
     million contours is not parsed); a file without a count (older runs) is read whole."""
     with open(path, "rb") as file:
         start = file.read(512).decode("utf-8", "replace")
-    found = re.match(r'\{"width": (\d+), "height": (\d+), "threshold": [^,]+, "count": (\d+),', start)
+    found = re.match(r'\{"width": (\d+), "height": (\d+), "threshold": ([^,]+), "count": (\d+),', start)
     if found:
-        return dict(zip(("width", "height", "count"), map(int, found.groups())))
+        width, height, threshold, count = found.groups()
+        return {"width": int(width), "height": int(height), "threshold": float(threshold), "count": int(count)}
     try:
         document = json.loads(Path(path).read_text())
-        return {"width": document["width"], "height": document["height"], "count": len(document["contours"])}
+        return {"width": document["width"], "height": document["height"], "threshold": float(document["threshold"]),
+                "count": len(document["contours"])}
     except (ValueError, KeyError, TypeError) as err:
         raise ImageReadError(f"unreadable saved contours ({type(err).__name__}: {err}); delete the file or "
                              f"predict with overwrite=true: {path}") from err

@@ -25,7 +25,7 @@ from crackseg.options import check_inference_options
 from crackseg.report.batch import CLAIMED_ELSEWHERE, publish
 from crackseg.report.crack_outputs import read_crack_document, summary_fields, write_crack_outputs
 from crackseg.report.photo_outputs import (
-    MEASUREMENT_OUTPUTS, output_paths, saved_prediction_fields, write_photo_outputs,
+    MEASUREMENT_OUTPUTS, output_paths, saved_prediction_fields, saved_threshold, write_photo_outputs,
 )
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ def predict(cfg: DictConfig) -> int:
     outputs in the mirror of its folder; returns how many photos failed.
 
     A photo whose outputs all exist is skipped; one whose prediction exists but whose measurement
-    is missing or was made with other measurement settings is measured again from its saved mask.
+    is missing or was made with other measurement settings is measured again from its saved mask;
+    one whose mask was made at another threshold is predicted again.
     Each photo is claimed with a lock file while it is worked on, so runs started on the same
     output share the photos instead of each doing them all. The campaign's summary.csv (and
     cracks.csv, report.html) cover the photos of every shard that has finished.
@@ -101,7 +102,7 @@ def _predict_photos(photos: list[CampaignPhoto], output_dir: Path, cfg: DictConf
 
     def jobs():
         for photo in tqdm(photos, desc="photos", unit="photo", disable=len(photos) <= 1):
-            started.append(_start(photo, output_dir, cfg, settings))
+            started.append(_start(photo, output_dir, cfg, settings, threshold))
             yield started[-1]
 
     def load(job: _PhotoJob) -> _PhotoJob:
@@ -143,22 +144,28 @@ def _submit_next(executor: ThreadPoolExecutor, fn, queue) -> Future | None:
     return None if job is None else executor.submit(fn, job)
 
 
-def _start(source: CampaignPhoto, output_dir: Path, cfg: DictConfig, settings: dict) -> _PhotoJob:
+def _start(source: CampaignPhoto, output_dir: Path, cfg: DictConfig, settings: dict, threshold: float) -> _PhotoJob:
     """Claim the photo (parallel runs share the photos) and decide what is left to do for it."""
     folder = source.output_dir(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     job = _PhotoJob(source, output_paths(folder, source.stem, cfg.save_prob, cfg.measure), {"photo": source.key})
     if job.claim.enter_context(claimed(folder / f".{source.stem}.lock")):
-        return _stage(job, lambda j: _plan(j, cfg, settings))
+        return _stage(job, lambda j: _plan(j, cfg, settings, threshold))
     job.row |= {"status": "skipped", "detail": CLAIMED_ELSEWHERE}
     job.done = True
     return job
 
 
-def _plan(job: _PhotoJob, cfg: DictConfig, settings: dict) -> None:
-    """Skip a photo whose outputs all exist; re-measure one whose measurement is missing or stale."""
+def _plan(job: _PhotoJob, cfg: DictConfig, settings: dict, threshold: float) -> None:
+    """Skip a photo whose outputs all exist at this threshold; re-measure one whose measurement is
+    missing or stale; predict again one whose mask was made at another threshold."""
     paths = job.paths
     job.remeasure = not cfg.overwrite and all(p.is_file() for k, p in paths.items() if k not in MEASUREMENT_OUTPUTS)
+    saved_at = saved_threshold(paths) if job.remeasure else threshold
+    if saved_at != threshold:
+        log.info("%s: predicted again (its saved mask was made at threshold %.4f, this run's is %.4f)",
+                 job.source.path, saved_at, threshold)
+        job.remeasure = False
     document = _measured(paths, settings) if job.remeasure and cfg.measure else None
     if job.remeasure and (document or not cfg.measure):
         job.row |= {**saved_prediction_fields(paths), **(summary_fields(document) if document else {}),
