@@ -1,9 +1,11 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from omegaconf import OmegaConf
 
-from crackseg.data.folder import data_sources, find_splits, match_pairs, source_splits
+from crackseg.data.folder import data_sources, distractor_mask, find_splits, match_pairs, source_splits
 from crackseg.io import ImageReadError, write_image
 
 
@@ -128,3 +130,15 @@ def test_train_photos_keeps_a_seeded_subset_of_train_and_all_of_val(tmp_path):
     assert source_splits(data_sources(OmegaConf.merge(data, {"train_photos": 50}))["data"])[0] == all_train
     with pytest.raises(ValueError, match="train_photos must be at least 1"):
         source_splits(data_sources(OmegaConf.merge(data, {"train_photos": 0}))["data"])
+
+
+def test_distractor_masks_are_found_in_split_and_flat_layouts(tmp_path, monkeypatch):
+    joint = np.zeros((20, 30), np.uint8)
+    joint[10, 5:25] = 255
+    for rel in ("distractors/val/a.png", "distractors/b.png"):
+        write_image(tmp_path / rel, joint)
+    monkeypatch.chdir(tmp_path)  # a relative dataset root (data.root=.)
+    for photo in (Path("images/val/a.jpg"), Path("images/b.jpg"), tmp_path / "images" / "b.jpg"):
+        widened = distractor_mask(photo, (20, 30), margin=1)
+        assert widened.sum() == 3 * 22 and widened[9:12, 4:26].all(), photo
+    assert distractor_mask(Path("images/c.jpg"), (20, 30)) is None

@@ -177,8 +177,10 @@ def split_pairs(data, split: str) -> list[Pair]:
 
 def distractor_mask(photo: Path, shape: tuple[int, int], margin: int = 2) -> np.ndarray | None:
     """Joints and borders labelled background (``<root>/distractors/<split>/<stem>.png``, as the
-    synthetic generator writes them), widened by ``margin`` px; None when the file is absent."""
-    path = photo.parents[2] / "distractors" / photo.parent.name / f"{photo.stem}.png"
+    synthetic generator writes them; ``<root>/distractors/<stem>.png`` beside a flat ``images/``),
+    widened by ``margin`` px; None when the file is absent."""
+    images = photo.parent if photo.parent.name == "images" else photo.parent.parent
+    path = images.parent / "distractors" / photo.parent.relative_to(images) / f"{photo.stem}.png"
     if not path.is_file():
         return None
     mask = read_mask(path, shape).astype(np.uint8)
