@@ -24,13 +24,9 @@ import cv2
 import numpy as np
 
 from crackseg.io import read_mask
+from crackseg.metrics import within_distance  # the neighbourhood of f1_2px
 
 LONG_PX = 100
-
-
-def _near(mask: np.ndarray, tolerance: int) -> np.ndarray:
-    size = 2 * tolerance + 1
-    return cv2.dilate(mask.view(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))) > 0
 
 
 def _untouched(mask: np.ndarray, other_near: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -46,12 +42,12 @@ def _untouched(mask: np.ndarray, other_near: np.ndarray) -> tuple[np.ndarray, np
 def breakdown(pairs: list[tuple[Path, Path]], tolerance: int = 2) -> dict:
     counts = dict.fromkeys(["tp", "fp", "fn", "fp_separate", "fp_separate_long", "fn_missed", "fn_near"], 0)
     for predicted_path, truth_path in pairs:
-        truth = read_mask(truth_path)
-        pred = read_mask(predicted_path, truth.shape)
+        truth = read_mask(truth_path).astype(bool)
+        pred = read_mask(predicted_path, truth.shape).astype(bool)
         false, missed = pred & ~truth, truth & ~pred
-        separate, separate_long = _untouched(pred, _near(truth, tolerance))
-        missed_whole, _ = _untouched(truth, _near(pred, tolerance))
-        near_pred = _near(pred, tolerance)
+        separate, separate_long = _untouched(pred, within_distance(truth, tolerance))
+        missed_whole, _ = _untouched(truth, within_distance(pred, tolerance))
+        near_pred = within_distance(pred, tolerance)
         counts["tp"] += int((pred & truth).sum())
         counts["fp"] += int(false.sum())
         counts["fn"] += int(missed.sum())

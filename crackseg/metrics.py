@@ -94,7 +94,7 @@ class ToleranceCounts:
         return f1(self.precision, self.recall)
 
 
-def _within(mask: np.ndarray, tolerance: float) -> np.ndarray:
+def within_distance(mask: np.ndarray, tolerance: float) -> np.ndarray:
     """Pixels at Euclidean distance <= ``tolerance`` from a pixel of ``mask``."""
     if tolerance <= 0 or not mask.any():
         return mask.copy()
@@ -104,8 +104,8 @@ def _within(mask: np.ndarray, tolerance: float) -> np.ndarray:
 
 def tolerance_counts(pred: np.ndarray, truth: np.ndarray, tolerance: float) -> ToleranceCounts:
     return ToleranceCounts(
-        int(np.count_nonzero(pred & _within(truth, tolerance))), int(np.count_nonzero(pred)),
-        int(np.count_nonzero(truth & _within(pred, tolerance))), int(np.count_nonzero(truth)),
+        int(np.count_nonzero(pred & within_distance(truth, tolerance))), int(np.count_nonzero(pred)),
+        int(np.count_nonzero(truth & within_distance(pred, tolerance))), int(np.count_nonzero(truth)),
     )
 
 
@@ -140,11 +140,14 @@ def ods(histograms: list[np.ndarray]) -> tuple[float, float, Counts]:
 
 def ois(histograms: list[np.ndarray]) -> tuple[float, list[float]]:
     """Optimal image scale: each photo at its own best-F1 threshold, then the counts of all
-    photos at those thresholds pooled into one F1. Returns ``(f1, per-photo thresholds)``."""
+    photos at those thresholds pooled into one F1. Returns ``(f1, per-photo thresholds)``. Among
+    equal F1 the highest threshold: a photo without cracks, F1 0 wherever a pixel is predicted
+    (probabilities of 1 stay on at every threshold), predicts as little as it can."""
     pooled, thresholds = Counts(), []
     for hist in histograms:
         tp, fp, fn = sweep(hist)
-        best = int(np.argmax(sweep_f1(tp, fp, fn)))
+        f1 = sweep_f1(tp, fp, fn)
+        best = len(f1) - 1 - int(np.argmax(f1[::-1]))
         pooled += Counts(int(tp[best]), int(fp[best]), int(fn[best]))
         thresholds.append(float(THRESHOLDS[best]))
     return pooled.dice, thresholds

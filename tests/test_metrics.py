@@ -83,6 +83,13 @@ def test_ois_pools_each_photos_best_threshold():
     assert 0.4 < thresholds[0] <= 0.6 and 0.2 < thresholds[1] <= 0.3 and thresholds[2] > 0.7
 
 
+def test_ois_predicts_as_little_as_it_can_on_a_photo_without_cracks():
+    empty = metrics.level_histograms(np.array([1.0, 1.0, 0.5, 0.0], np.float32), np.zeros(4, bool))
+    perfect = metrics.level_histograms(np.array([0.9, 0.1], np.float32), np.array([True, False]))
+    f1, thresholds = metrics.ois([empty, perfect])
+    assert thresholds[0] == 255 / 256 and f1 == pytest.approx(2 / 4)  # tp 1, fp 2 (the two ones), fn 0
+
+
 def test_leaderboard_protocol_averages_per_photo_curves():
     board = metrics.leaderboard(_toy_set())
     # mean per-photo F1 is best above 0.7: photo 1 keeps 0.9 only (2/3), photo 2 keeps 0.8 (0),
