@@ -85,6 +85,11 @@ def test_bad_training_options_are_refused(override, message):
     assert message in str(err.value)
 
 
+def test_a_training_checkpoint_can_be_resumed_from(checkpoint):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        check_training_options(compose("train", overrides=[f"ckpt_path={checkpoint}"]))
+
+
 def test_cli_prints_the_option_error_without_a_traceback(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "predict.py"), "ckpt=none.ckpt", f"input={tmp_path}",
                              "threshold=2", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
