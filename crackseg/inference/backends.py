@@ -38,7 +38,7 @@ def load_for_prediction(
     if backend not in ("auto", "torch", "onnxruntime"):
         raise ValueError(f"backend must be auto, torch or onnxruntime, got {backend!r}")
     exported = Path(path).suffix.lower() == ".onnx"
-    on_cpu = resolve_device(device).type == "cpu"
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     chosen = precision
     if precision == "auto":
         int8 = (on_cpu and backend != "torch" and not exported and not compile and onnx_cache is not None
