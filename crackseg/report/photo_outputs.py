@@ -99,22 +99,18 @@ def write_photo_outputs(paths: dict[str, Path], photo: np.ndarray, prob: np.ndar
     }
 
 
-def saved_prediction_fields(paths: dict[str, Path], mask: np.ndarray | None = None) -> dict:
+def saved_prediction_fields(paths: dict[str, Path], mask: np.ndarray | None = None, head: dict | None = None) -> dict:
     """The summary row fields of :func:`write_photo_outputs`, from the files it wrote (for a
-    photo skipped as done): the crack pixels counted on the saved mask (``mask``: already read)."""
-    head = _contours_head(paths["contours"])
+    photo skipped as done): the crack pixels counted on the saved mask (``mask`` and the
+    contours file's ``head``: when already read)."""
+    head = read_contours_head(paths["contours"]) if head is None else head
     mask = read_mask(paths["mask"]) if mask is None else mask
     crack_pixels = int(np.count_nonzero(mask))
     return {"width": head["width"], "height": head["height"], "crack_pixels": crack_pixels,
             "crack_fraction": round(crack_pixels / mask.size, 6), "contours": head["count"]}
 
 
-def saved_threshold(paths: dict[str, Path]) -> float:
-    """The threshold a saved prediction's mask was made at."""
-    return _contours_head(paths["contours"])["threshold"]
-
-
-def _contours_head(path: Path) -> dict:
+def read_contours_head(path: Path) -> dict:
     """Size, threshold and contour count of a ``_contours.json``, from its first bytes (a file of half a
     million contours is not parsed); a file without a count (older runs) is read whole."""
     with open(path, "rb") as file:

@@ -25,7 +25,7 @@ from crackseg.options import check_inference_options
 from crackseg.report.batch import CLAIMED_ELSEWHERE, publish
 from crackseg.report.crack_outputs import read_crack_document, summary_fields, write_crack_outputs
 from crackseg.report.photo_outputs import (
-    MEASUREMENT_OUTPUTS, output_paths, saved_prediction_fields, saved_threshold, write_photo_outputs,
+    MEASUREMENT_OUTPUTS, output_paths, read_contours_head, saved_prediction_fields, write_photo_outputs,
 )
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class _PhotoJob:
     claim: ExitStack = field(default_factory=ExitStack)
     done: bool = False
     remeasure: bool = False  # its prediction exists: measure the saved mask
+    saved: dict | None = None  # the head of its saved _contours.json (size, threshold, count), once read
     photo: np.ndarray | None = None
     prob: np.ndarray | None = None
     mask: np.ndarray | None = None
@@ -161,14 +162,15 @@ def _plan(job: _PhotoJob, cfg: DictConfig, settings: dict, threshold: float) -> 
     missing or stale; predict again one whose mask was made at another threshold."""
     paths = job.paths
     job.remeasure = not cfg.overwrite and all(p.is_file() for k, p in paths.items() if k not in MEASUREMENT_OUTPUTS)
-    saved_at = saved_threshold(paths) if job.remeasure else threshold
-    if saved_at != threshold:
-        log.info("%s: predicted again (its saved mask was made at threshold %.4f, this run's is %.4f)",
-                 job.source.path, saved_at, threshold)
-        job.remeasure = False
+    if job.remeasure:
+        job.saved = read_contours_head(paths["contours"])
+        if job.saved["threshold"] != threshold:
+            log.info("%s: predicted again (its saved mask was made at threshold %.4f, this run's is %.4f)",
+                     job.source.path, job.saved["threshold"], threshold)
+            job.remeasure = False
     document = _measured(paths, settings) if job.remeasure and cfg.measure else None
     if job.remeasure and (document or not cfg.measure):
-        job.row |= {**saved_prediction_fields(paths), **(summary_fields(document) if document else {}),
+        job.row |= {**saved_prediction_fields(paths, head=job.saved), **(summary_fields(document) if document else {}),
                     "status": "skipped", "detail": "outputs exist"}
         job.done = True
 
@@ -196,7 +198,7 @@ def _read(job: _PhotoJob, max_megapixels: float) -> None:
     job.photo = read_photo(job.source.path, max_megapixels)
     if job.remeasure:
         job.mask = read_mask(job.paths["mask"], job.photo.shape[:2])
-        job.row |= {**saved_prediction_fields(job.paths, job.mask), "detail": "measured the saved mask"}
+        job.row |= {**saved_prediction_fields(job.paths, job.mask, job.saved), "detail": "measured the saved mask"}
 
 
 def _predict_one(job: _PhotoJob, predictor: Predictor, threshold: float) -> None:
