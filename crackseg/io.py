@@ -224,14 +224,10 @@ def claimed(lock: str | Path, stale_after_s: float = 6 * 3600) -> Iterator[bool]
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            if not _lock_is_stale(lock, stale_after_s):
+            stale_owner = _stale_owner(lock, stale_after_s)
+            if stale_owner is None or not _remove_stale_lock(lock, stale_owner):
                 yield False
                 return
-            try:  # rename first: of two runs taking over the same stale lock, one succeeds
-                os.replace(lock, lock.with_name(f"{lock.name}.{os.getpid()}.stale"))
-                os.unlink(lock.with_name(f"{lock.name}.{os.getpid()}.stale"))
-            except FileNotFoundError:
-                pass
             continue
         with os.fdopen(fd, "w") as f:
             f.write(owner)
@@ -243,21 +239,48 @@ def claimed(lock: str | Path, stale_after_s: float = 6 * 3600) -> Iterator[bool]
     yield False
 
 
-def _lock_is_stale(lock: Path, stale_after_s: float) -> bool:
+def _stale_owner(lock: Path, stale_after_s: float) -> str | None:
+    """The owner written in ``lock`` if that run is dead (see :func:`claimed`), else None."""
     try:
-        host, pid = lock.read_text().split()
+        text = lock.read_text()
+        host, pid = text.split()
         age = time.time() - lock.stat().st_mtime
     except (OSError, ValueError):  # vanished, or caught half-written: not stale
-        return False
+        return None
     if host == socket.gethostname():
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
-            return True
+            return text
         except PermissionError:  # alive, another user's
-            return False
+            return None
+        return None
+    return text if age > stale_after_s else None
+
+
+def _remove_stale_lock(lock: Path, stale_owner: str) -> bool:
+    """Remove ``lock`` if it still is ``stale_owner``'s; False if a live run holds it now.
+
+    Renamed first, then checked: of two runs taking over the same stale lock, the second may
+    rename the first one's fresh lock away, and puts it back (a link, which fails if the lock
+    exists again)."""
+    taken = lock.with_name(f"{lock.name}.{os.getpid()}.stale")
+    try:
+        os.replace(lock, taken)
+    except FileNotFoundError:  # another run removed it first: try to create it again
+        return True
+    try:
+        if taken.read_text() == stale_owner:
+            return True
+        try:
+            os.link(taken, lock)
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links
+            os.replace(taken, lock)
         return False
-    return age > stale_after_s
+    finally:
+        taken.unlink(missing_ok=True)
 
 
 def write_image(path: str | Path, image: np.ndarray, jpeg_quality: int = 95) -> None:

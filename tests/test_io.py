@@ -155,6 +155,23 @@ def test_a_lock_is_held_once_and_taken_over_only_from_a_dead_run(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_run_late_to_take_over_a_stale_lock_leaves_the_new_owner_holding_it(tmp_path, monkeypatch):
+    import os
+    import socket
+
+    from crackseg import io
+
+    lock = tmp_path / ".p.lock"
+    live = f"{socket.gethostname()} {os.getpid()}"
+    lock.write_text(live)  # the first run to take over the stale lock holds it now
+    # this run judged the lock stale (its dead owner's) before the first run replaced it
+    monkeypatch.setattr(io, "_stale_owner", lambda lock, stale_after_s: "other-host 1")
+    with claimed(lock) as mine:
+        assert not mine
+        assert lock.read_text() == live
+    assert [path.name for path in tmp_path.iterdir()] == [lock.name]
+
+
 def _noise(height, width, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
