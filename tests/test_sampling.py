@@ -1,4 +1,7 @@
+import random
+
 import albumentations as A
+import cv2
 import hydra
 import numpy as np
 import pytest
@@ -7,8 +10,6 @@ from omegaconf import OmegaConf
 
 from crackseg.data.cache import cache_pair
 from crackseg.data.folder import find_splits
-import cv2
-
 from crackseg.data.sampling import BalancedTileSampler, PhotoDataset, TileDataset, TileIndex, read_rescaled_tile
 from tests.conftest import ROOT
 
@@ -139,13 +140,26 @@ def test_training_augmentation_keeps_photo_and_mask_aligned(pairs):
     mask = (rng.random((64, 64)) > 0.7).astype(np.uint8)
     mask[20:40, 10:50] = 1
     for seed in range(20):
-        augment.set_random_seed(seed)
+        augment.set_random_state(np.random.default_rng(seed), random.Random(seed))  # as TileDataset does
         out = augment(image=np.repeat(mask[..., None] * 255, 3, axis=2).astype(np.uint8), mask=mask)
         image = out["image"].astype(np.int32).mean(axis=2)
         # brightness/contrast and blur change the values, not where the crack is
         if out["mask"].any() and (~out["mask"].astype(bool)).any():
             assert image[out["mask"] == 1].mean() > image[out["mask"] == 0].mean() + 60
         assert set(np.unique(out["mask"])) <= {0, 1}
+
+
+def test_augmentations_are_drawn_independently_of_each_other(pairs):
+    index = TileIndex.build(pairs[:1], 64, 64)
+    dataset = TileDataset(pairs[:1], index, A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]))
+    plain = TileDataset(pairs[:1], index)[0]["image"]
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(100):
+        image = dataset[0]["image"]
+        seen.add(next(name for name, flipped in [("none", plain), ("h", plain.flip(2)), ("v", plain.flip(1)),
+                                                 ("hv", plain.flip(1).flip(2))] if torch.equal(image, flipped)))
+    assert seen == {"none", "h", "v", "hv"}  # two flips of equal p were drawn together: only none and hv
 
 
 def test_photo_dataset_returns_whole_photos(pairs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -203,7 +204,7 @@ class TileDataset(Dataset):
     predicts at; ``None`` reads every tile at 1x.
 
     An albumentations ``transform`` keeps its own random state, deaf to global seeds: it is
-    seeded once per process (loader workers included) from torch's generator, which
+    given one generator, shared by its transforms, once per process (loader workers included) from torch's generator, which
     ``seed_everything(workers=True)`` seeds per rank and worker, so augmentation is reproducible
     and differs between workers. The scale is drawn from that torch generator.
     """
@@ -219,8 +220,11 @@ class TileDataset(Dataset):
         self._seeded_in: int | None = None  # the process that seeded the transform
 
     def _seed_transform(self) -> None:
-        if self._seeded_in != os.getpid() and hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(int(torch.randint(2**31, ())))
+        if self._seeded_in != os.getpid() and hasattr(self.transform, "set_random_state"):
+            # one stream shared by every child transform: albumentations' set_random_seed gives each
+            # child its own generator from the same seed, so equal draws (two flips) fire together
+            seed = int(torch.randint(2**31, ()))
+            self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
             self._seeded_in = os.getpid()
 
     def _draw_scale(self) -> float:
