@@ -128,6 +128,20 @@ def test_onnx_file_takes_the_threshold_chosen_beside_it(exported, tmp_path):
     assert resolve_threshold(model, trained, None, [1]) == 0.61
 
 
+def test_exports_carry_the_thresholds_chosen_on_validation(checkpoint, tmp_path):
+    ckpt = tmp_path / "m.ckpt"
+    ckpt.write_bytes(checkpoint.read_bytes())
+    write_threshold(ckpt, 0.61, [1, 2, 0.5], {"split": "val"})
+    write_threshold(ckpt, 0.42, [1], {"split": "val"})
+    (tmp_path / "out").mkdir()
+    for fmt, name in [("fp16", "out/slim.ckpt"), ("onnx", "out/m.onnx")]:
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            out = export(compose("export", overrides=[f"ckpt={ckpt}", f"format={fmt}", f"out={tmp_path / name}"]))
+        assert resolve_threshold(out, 0.5, None, [1, 2, 0.5]) == 0.61 and resolve_threshold(out, 0.5, None, [1]) == 0.42
+    assert {p.key: p.value for p in onnx.load(out).metadata_props}["crackseg.threshold"] == "0.61"
+    assert OnnxModel(out).threshold == 0.61
+
+
 def test_bad_onnx_files_and_backends_raise_clear_errors(checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="ONNX model not found: .*missing.onnx"):
         load_for_prediction(tmp_path / "missing.onnx")

@@ -25,9 +25,11 @@ THRESHOLD_KEY, TILE_KEY, PRECISION_KEY = "crackseg.threshold", "crackseg.tile", 
 INPUT_NAME, OUTPUT_NAME = "tiles", "probabilities"
 
 
-def export_onnx(model: CrackSegNet, path: str | Path, opset: int = 18, atol: float = 1e-4) -> Path:
-    """Write ``model`` to ``path`` as ONNX (torch.export-based exporter) with its threshold and
-    tile as metadata; the file is checked against PyTorch on a tile of another size first."""
+def export_onnx(model: CrackSegNet, path: str | Path, opset: int = 18, atol: float = 1e-4,
+                threshold: float | None = None) -> Path:
+    """Write ``model`` to ``path`` as ONNX (torch.export-based exporter) with a threshold (``threshold``,
+    else the model's) and its tile as metadata; the file is checked against PyTorch on a tile of
+    another size first."""
     import onnx
 
     logging.getLogger("onnx_ir.passes.common.initializer_deduplication").setLevel(logging.WARNING)  # a line per weight
@@ -39,7 +41,8 @@ def export_onnx(model: CrackSegNet, path: str | Path, opset: int = 18, atol: flo
                                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                 dynamic_shapes={"tiles": {0: dynamic, 2: dynamic, 3: dynamic}}, verbose=False)
     proto = program.model_proto
-    onnx.helper.set_model_props(proto, {THRESHOLD_KEY: repr(model.threshold), TILE_KEY: str(tile)})
+    onnx.helper.set_model_props(proto, {THRESHOLD_KEY: repr(model.threshold if threshold is None else float(threshold)),
+                                           TILE_KEY: str(tile)})
     data = proto.SerializeToString()
     check = example[:1, :, : tile - 3, : tile + 5]  # another batch, height and width
     with torch.no_grad():
