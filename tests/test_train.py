@@ -33,6 +33,16 @@ def test_one_epoch_writes_checkpoints_tensorboard_and_summary(tmp_path, tiny_dat
     assert "val/photo_0" in tags["images"]
 
 
+def test_the_plateau_schedule_steps_on_validations_that_come_every_other_epoch(tmp_path, tiny_dataset):
+    cfg = _train_cfg(
+        tmp_path, "data=folder", f"data.root={tiny_dataset}", "data.tile=64", "data.tiles_per_epoch=8",
+        "data.batch_size=4", "trainer.max_epochs=4", "trainer.check_val_every_n_epoch=2", "optim=adam_plateau",
+    )
+    train(cfg)  # was: no val/dice after the first epoch, a traceback
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["epochs"] == 4 and "val/dice" in summary["metrics"]
+
+
 def test_validation_scores_are_what_evaluate_reports_for_the_same_checkpoint(tmp_path, tiny_dataset):
     from hydra import compose, initialize_config_dir
 

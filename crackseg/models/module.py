@@ -142,7 +142,7 @@ class CrackSegModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val/dice"},
-        }
+        config = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):  # stepped on val/dice, after each validation
+            config.update(monitor="val/dice", frequency=self.trainer.check_val_every_n_epoch or 1, strict=False)
+        return {"optimizer": optimizer, "lr_scheduler": config}
