@@ -45,6 +45,9 @@ def test_bad_folders_raise_clear_errors(tmp_path):
     _write(tmp_path, "train", ["b"], mask=False)
     with pytest.raises(ImageReadError, match=r"1 photo\(s\) without a mask.*b\.jpg"):
         find_splits(tmp_path)
+    write_image(tmp_path / "images" / "train" / "a.png", np.zeros((8, 8, 3), np.uint8))  # a.jpg's twin
+    with pytest.raises(ImageReadError, match=r"same stem in .*train: a\.jpg and a\.png"):
+        find_splits(tmp_path)
 
 
 def test_sources_complete_their_settings_and_hold_out_test_photos(tmp_path):

@@ -21,7 +21,14 @@ Pair = tuple[Path, Path]
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The images of ``folder``; two of one stem (p0.jpg and p0.png) are refused: pairing is by stem."""
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    by_stem: dict[str, Path] = {}
+    for image in images:
+        if (other := by_stem.setdefault(image.stem, image)) is not image:
+            raise ImageReadError(f"two images of the same stem in {folder}: {other.name} and {image.name} "
+                                 "(photos and masks are paired by stem: keep one)")
+    return images
 
 
 def match_pairs(image_dir: Path, mask_dir: Path) -> list[Pair]:
