@@ -122,6 +122,7 @@ def check_training_options(cfg: DictConfig) -> None:
     _number("data.batch_size", data.batch_size, 1, integer=True)
     _number("data.tiles_per_epoch", data.tiles_per_epoch, data.batch_size, integer=True)
     _number("data.crack_fraction", data.crack_fraction, 0, 1)
+    _number("data.min_crack_pixels", data.get("min_crack_pixels", 1), 1, integer=True)  # 0: every tile a crack tile
     _number("data.paste_joints", data.get("paste_joints", 0.0), 0, 1)
     _number("data.num_workers", data.num_workers, 0, integer=True)
     scale_range = data.get("scale_range")

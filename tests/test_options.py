@@ -68,6 +68,7 @@ def test_an_output_that_cannot_be_a_folder_is_refused(tmp_path):
     ("data.tile=100", "data.tile=100: must be a multiple of 32"),
     ("data.batch_size=0", "data.batch_size=0: must be an integer >= 1"),
     ("data.crack_fraction=1.5", "data.crack_fraction=1.5: must be a number in [0, 1]"),
+    ("data.min_crack_pixels=0", "data.min_crack_pixels=0: must be an integer >= 1"),
     ("data.paste_joints=2", "data.paste_joints=2: must be a number in [0, 1]"),
     ("data.scale_range=[2,0.5]", "data.scale_range=[2, 0.5]: must be [lo, hi]"),
     ("data.tiles_per_epoch=2", "data.tiles_per_epoch=2: must be an integer >= 4"),

@@ -128,4 +128,7 @@ def test_cli_stops_on_bad_training_data_with_the_message_and_no_traceback(tmp_pa
     (tmp_path / "c.png").rename(tmp_path / "blank" / "masks" / "val" / "c.png")
     blank = subprocess.run([*args, f"data.root={tmp_path / 'blank'}"], capture_output=True, text=True, cwd=ROOT)
     assert blank.returncode == 1 and "no crack pixel in any mask" in blank.stderr
-    assert "Traceback" not in missing.stderr + blank.stderr
+    fold = subprocess.run([*args, f"data.root={tmp_path / 'blank'}", "data.val_fold=[0,2]"], capture_output=True,
+                          text=True, cwd=ROOT)  # an option the data folder refuses
+    assert fold.returncode == 1 and "val_fold carves val photos out of train" in fold.stderr
+    assert "Traceback" not in missing.stderr + blank.stderr + fold.stderr

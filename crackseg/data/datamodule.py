@@ -17,6 +17,7 @@ from crackseg.data.folder import data_sources, source_splits, without_copies
 from crackseg.data.joints import PasteJoints
 from crackseg.data.sampling import BalancedTileSampler, PhotoDataset, TileDataset, TileIndex
 from crackseg.io import ImageReadError
+from crackseg.options import OptionError
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class CrackDataModule(pl.LightningDataModule):
             augment = A.Compose([PasteJoints(p=paste_joints), *([augment] if augment is not None else [])])
         self.augment = augment
         if (root is None) == (sources is None):
-            raise ValueError("give the data as either root or sources, not both")
+            raise OptionError("give the data as either root or sources, not both")
         self.train_pairs: list[CachedPair] = []
         self.val_pairs: list[CachedPair] = []
         self.val_sources: list[int] = []

@@ -16,6 +16,7 @@ import numpy as np
 
 from crackseg.data import synthetic
 from crackseg.io import IMAGE_SUFFIXES, ImageReadError, read_mask
+from crackseg.options import OptionError
 
 Pair = tuple[Path, Path]
 
@@ -62,7 +63,7 @@ def split_by_photo(pairs: list[Pair], val_fraction: float, seed: int,
     else:
         k, n = fold
         if not 2 <= n <= len(pairs) or not 0 <= k < n:
-            raise ValueError(f"val_fold must be [k, n] with 2 <= n <= {len(pairs)} photos and 0 <= k < n, got {list(fold)}")
+            raise OptionError(f"val_fold must be [k, n] with 2 <= n <= {len(pairs)} photos and 0 <= k < n, got {list(fold)}")
         val_at = np.array_split(order, n)[k]
     in_val = set(val_at.tolist())
     val = sorted(pairs[i] for i in in_val)
@@ -86,7 +87,7 @@ def find_splits(
     train_dir, val_dir = root / "images" / train_split, root / "images" / val_split
     if train_dir.is_dir() and val_dir.is_dir():
         if fold is not None:
-            raise ValueError(f"val_fold carves val photos out of train, but {root} has its own {val_dir}")
+            raise OptionError(f"val_fold carves val photos out of train, but {root} has its own {val_dir}")
         return match_pairs(train_dir, root / "masks" / train_split), match_pairs(val_dir, root / "masks" / val_split)
     if train_dir.is_dir():
         return split_by_photo(match_pairs(train_dir, root / "masks" / train_split), val_fraction, seed, fold)
@@ -114,7 +115,7 @@ def data_sources(data) -> dict[str, dict]:
     for name, source in sources.items():
         unknown = set(source) - set(SOURCE_KEYS)
         if "root" not in source or unknown:
-            raise ValueError(f"data source {name!r} needs a root and takes only {list(SOURCE_KEYS)}, got {dict(source)}")
+            raise OptionError(f"data source {name!r} needs a root and takes only {list(SOURCE_KEYS)}, got {dict(source)}")
         settings[name] = {**defaults, **source}
     return settings
 
@@ -132,7 +133,7 @@ def source_splits(source: dict) -> tuple[list[Pair], list[Pair]]:
     limit = source["train_photos"]
     if limit is not None:
         if limit < 1:
-            raise ValueError(f"train_photos must be at least 1, got {limit} (for {source['root']})")
+            raise OptionError(f"train_photos must be at least 1, got {limit} (for {source['root']})")
         order = np.random.default_rng(source["split_seed"]).permutation(len(train))
         train = sorted(train[i] for i in order[:limit])
     return train, val
