@@ -53,3 +53,11 @@ def test_ensure_regenerates_only_when_parameters_change(tmp_path):
     assert (tmp_path / synthetic.MANIFEST).stat().st_mtime_ns == stamp
     synthetic.ensure(tmp_path, n=2, width=64, height=64, seed=1)
     assert json.loads((tmp_path / synthetic.MANIFEST).read_text())["seed"] == 1
+
+
+def test_a_new_generation_leaves_no_photo_of_the_old_one(tmp_path):
+    synthetic.ensure(tmp_path, n=5, width=64, height=64, val_fraction=0.4)
+    synthetic.ensure(tmp_path, n=4, width=64, height=64, val_fraction=0.25)
+    for kind in ("images", "masks", "distractors"):
+        assert sorted(p.relative_to(tmp_path / kind).with_suffix("").as_posix() for p in (tmp_path / kind).rglob("*.*")) \
+            == ["train/synth_00000", "train/synth_00001", "train/synth_00002", "val/synth_00003"]

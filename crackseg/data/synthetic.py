@@ -155,10 +155,16 @@ def generate(out: str | Path, n: int, width: int = 1024, height: int = 768, seed
              val_fraction: float = 0.2) -> Path:
     """Write ``n`` photos (the last ``val_fraction`` of them in ``val``) under ``out``.
 
-    The manifest is written last, so a folder without it is incomplete.
+    The manifest is written last, so a folder without it is incomplete. Photos of an earlier
+    generation there that this one does not write (another n or split) are removed.
     """
     out = Path(out)
     n_val = int(round(n * val_fraction))
+    written = {("val" if index >= n - n_val else "train", f"synth_{index:05d}") for index in range(n)}
+    for kind in ("images", "masks", "distractors"):
+        for old in (out / kind).glob("*/synth_*.*"):
+            if (old.parent.name, old.stem) not in written:
+                old.unlink()
     for index in range(n):
         split = "val" if index >= n - n_val else "train"
         stem = f"synth_{index:05d}"
