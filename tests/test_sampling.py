@@ -132,6 +132,25 @@ def test_scale_range_draws_log_uniform_scales_reproducibly(pairs):
     assert TileDataset(pairs, index)._draw_scale() == 1.0
 
 
+def test_an_enlarged_crack_tile_shows_its_crack(tmp_path):
+    from crackseg.data.cache import CachedPair
+
+    image = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    mask = np.zeros((128, 128), np.uint8)
+    mask[2:6, 2:6] = 1  # in the corner of the first tile, outside its central 32 px window
+    np.save(tmp_path / "image.npy", image), np.save(tmp_path / "mask.npy", mask)
+    pair = CachedPair(tmp_path / "p.png", tmp_path / "image.npy", tmp_path / "mask.npy", 128, 128)
+    index = TileIndex.build([pair], 64, 64)
+    assert index.crack.tolist() == [True, False, False, False]
+    dataset = TileDataset([pair], index, scale_range=[2, 2])
+    torch.manual_seed(0)
+    crack = [dataset[0]["mask"] for _ in range(50)]
+    assert all(m.sum() > 0 for m in crack) and len({m.nonzero()[0].tolist()[1] for m in crack}) > 1
+    background = dataset[3]  # tiles without cracks stay centred
+    assert torch.equal(background["image"].permute(1, 2, 0),
+                       torch.from_numpy(read_rescaled_tile(image, mask, 64, 64, 64, 2.0)[0]))
+
+
 def test_training_augmentation_keeps_photo_and_mask_aligned(pairs):
     cfg = OmegaConf.load(ROOT / "conf" / "data" / "folder.yaml").augment
     augment = hydra.utils.instantiate(cfg)

@@ -174,14 +174,21 @@ def read_rescaled_tile(
     image: np.ndarray, mask: np.ndarray, y: int, x: int, tile: int, scale: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``tile`` x ``tile`` crop at ``(y, x)`` as the photo would look resized by ``scale``:
-    a window of ``tile / scale`` source pixels around the same centre (kept inside the photo,
-    reflect-padded where the photo is smaller), resampled like prediction's scales (area
-    down, bilinear up); the mask is resampled as a coverage fraction and thresholded at 0.5.
-    Hand-written: albumentations' crops work inside a tile and cannot zoom out beyond it."""
+    a window of ``tile / scale`` source pixels around the same centre (see :func:`read_window`)."""
     window = max(1, int(round(tile / scale)))
+    return read_window(image, mask, int(round(y + (tile - window) / 2)), int(round(x + (tile - window) / 2)),
+                       window, tile)
+
+
+def read_window(image: np.ndarray, mask: np.ndarray, top: int, left: int, window: int, tile: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``window`` x ``window`` source pixels at ``(top, left)`` (kept inside the photo,
+    reflect-padded where the photo is smaller) resized to ``tile``, resampled like prediction's
+    scales (area down, bilinear up); the mask is resampled as a coverage fraction and thresholded
+    at 0.5. Hand-written: albumentations' crops work inside a tile and cannot zoom out beyond it."""
     height, width = mask.shape
-    top = min(max(int(round(y + (tile - window) / 2)), 0), max(height - window, 0))
-    left = min(max(int(round(x + (tile - window) / 2)), 0), max(width - window, 0))
+    top = min(max(top, 0), max(height - window, 0))
+    left = min(max(left, 0), max(width - window, 0))
     image, mask = image[top : top + window, left : left + window], mask[top : top + window, left : left + window]
     if image.shape[:2] != (window, window):  # photo smaller than the window
         pad = ((0, window - image.shape[0]), (0, window - image.shape[1]))
@@ -201,12 +208,15 @@ class TileDataset(Dataset):
 
     ``scale_range=(lo, hi)``: each tile shows its photo resized by a factor drawn log-uniformly
     in ``[lo, hi]`` (:func:`read_rescaled_tile`), so the model learns the scales the method
-    predicts at; ``None`` reads every tile at 1x.
+    predicts at; ``None`` reads every tile at 1x. A crack tile enlarged (a window smaller than
+    the tile) shows a window placed at random around one of its crack pixels, drawn at random:
+    around the tile's centre, half of them at 2x would show no crack.
 
     An albumentations ``transform`` keeps its own random state, deaf to global seeds: it is
-    given one generator, shared by its transforms, once per process (loader workers included) from torch's generator, which
-    ``seed_everything(workers=True)`` seeds per rank and worker, so augmentation is reproducible
-    and differs between workers. The scale is drawn from that torch generator.
+    given one generator, shared by its transforms, once per process (loader workers included)
+    from torch's generator, which ``seed_everything(workers=True)`` seeds per rank and worker, so
+    augmentation is reproducible and differs between workers. The scale and the window are
+    drawn from that torch generator.
     """
 
     def __init__(self, pairs: Sequence[CachedPair], index: TileIndex, transform: Callable | None = None,
@@ -235,10 +245,25 @@ class TileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def _crack_window(self, mask: np.ndarray, y: int, x: int, window: int) -> tuple[int, int] | None:
+        """Where a window of a crack tile holding one of its crack pixels starts (None: no crack)."""
+        ys, xs = np.nonzero(mask[y : y + self.index.tile, x : x + self.index.tile])
+        if not len(ys):
+            return None
+        k = int(torch.randint(len(ys), ()))
+        dy, dx = torch.randint(window, (2,)).tolist()
+        return y + int(ys[k]) - dy, x + int(xs[k]) - dx
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        photo_id, y, x = self.index.positions[i]
-        image, mask = self.arrays[int(photo_id)]
-        image, mask = read_rescaled_tile(image, mask, int(y), int(x), self.index.tile, self._draw_scale())
+        photo_id, y, x = (int(v) for v in self.index.positions[i])
+        image, mask = self.arrays[photo_id]
+        tile, scale = self.index.tile, self._draw_scale()
+        window = max(1, int(round(tile / scale)))
+        start = self._crack_window(mask, y, x, window) if window < tile and self.index.crack[i] else None
+        if start is None:
+            image, mask = read_rescaled_tile(image, mask, y, x, tile, scale)
+        else:
+            image, mask = read_window(image, mask, *start, window, tile)
         if self.transform is not None:
             self._seed_transform()
             out = self.transform(image=np.ascontiguousarray(image), mask=np.ascontiguousarray(mask))
