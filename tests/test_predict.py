@@ -16,7 +16,7 @@ from crackseg.io import ImageReadError, read_mask, write_image
 from crackseg.models.module import CrackSegModule
 from crackseg.tasks.predict import predict
 from crackseg.report.photo_outputs import (
-    contour_record, find_contours, output_paths, saved_prediction_fields, write_photo_outputs,
+    contour_record, find_contours, output_paths, region_pixels, saved_prediction_fields, write_photo_outputs,
 )
 from tests.conftest import ROOT, copy_photos as _copy_photos, predict_cfg as _predict_cfg
 
@@ -284,11 +284,25 @@ def test_contours_of_a_known_mask():
     mask[10:20, 5:45] = 1
     mask[30:45, 60:63] = 1
     mask[2:5, 70:72] = 1  # higher: first
-    contours = [contour_record(c, mask) for c in find_contours(mask)]
+    found = find_contours(mask)
+    contours = [contour_record(c, n) for c, n in zip(found, region_pixels(mask, found))]
     assert [c["bbox"] for c in contours] == [[70, 2, 2, 3], [5, 10, 40, 10], [60, 30, 3, 15]]
     assert [c["pixels"] for c in contours] == [6, 400, 45]
     assert contours[1]["area"] == pytest.approx(39 * 9)  # polygon through the pixel centres
     assert sorted(map(tuple, contours[1]["points"])) == [(5, 10), (5, 19), (44, 10), (44, 19)]
+
+
+def test_a_crack_inside_a_cell_of_map_cracking_has_its_own_contour_and_pixels():
+    mask = np.zeros((60, 60), bool)
+    mask[5:55, 5:55] = True
+    mask[7:53, 7:53] = False  # a closed cell, 2 px walls
+    mask[25:27, 15:45] = True  # a crack inside it
+    l_shape = np.zeros((60, 60), bool)
+    l_shape[5:55, 5:7] = l_shape[53:55, 5:55] = True
+    l_shape[20:22, 20:30] = True  # inside the L's box, not touching it
+    for cracks, pixels in [(mask, [60, 384]), (l_shape, [20, 196])]:
+        found = find_contours(cracks)
+        assert sorted(region_pixels(cracks, found)) == pixels
 
 
 def test_a_saved_prediction_is_summarised_from_the_head_of_its_contours_file(tmp_path):

@@ -50,25 +50,42 @@ def output_paths(output_dir: Path, stem: str, save_prob: bool = True, measure: b
 
 
 def find_contours(mask: np.ndarray) -> list[np.ndarray]:
-    """Outer outline of every connected crack region as OpenCV returns it ((N, 1, 2) int32 x, y
-    source pixels), top to bottom, then left to right."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    corners = np.array([cv2.boundingRect(c)[:2] for c in contours], np.int64).reshape(-1, 2)
-    return [contours[i] for i in np.lexsort((corners[:, 0], corners[:, 1]))]
+    """Outer outline of every connected crack region (8-connected; regions inside another's holes
+    too) as OpenCV returns it ((N, 1, 2) int32 x, y source pixels), top to bottom, then left to right."""
+    contours, hierarchy = cv2.findContours(_as_uint8(mask), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return []
+    outer = [c for c, parent in zip(contours, hierarchy[0, :, 3]) if parent < 0]  # not a hole's outline
+    corners = np.array([cv2.boundingRect(c)[:2] for c in outer], np.int64).reshape(-1, 2)
+    return [outer[i] for i in np.lexsort((corners[:, 0], corners[:, 1]))]
 
 
-def contour_record(contour: np.ndarray, mask: np.ndarray) -> dict:
-    """A contour as ``_contours.json`` holds it: polygon, area, pixels (of the mask in its box), bbox."""
+def region_pixels(mask: np.ndarray, contours: list[np.ndarray]) -> list[int]:
+    """The pixel count of the region each of ``contours`` outlines (a box would also count the
+    pixels of regions inside it)."""
+    if not contours:
+        return []
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(_as_uint8(mask), connectivity=8)
+    return [int(stats[labels[c[0, 0, 1], c[0, 0, 0]], cv2.CC_STAT_AREA]) for c in contours]
+
+
+def _as_uint8(mask: np.ndarray) -> np.ndarray:
+    return mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8)
+
+
+def contour_record(contour: np.ndarray, pixels: int) -> dict:
+    """A contour as ``_contours.json`` holds it: polygon, area, pixels (of its region), bbox."""
     x, y, w, h = cv2.boundingRect(contour)
-    return {"points": contour[:, 0, :].tolist(), "area": float(cv2.contourArea(contour)),
-            "pixels": int(np.count_nonzero(mask[y : y + h, x : x + w])), "bbox": [int(x), int(y), int(w), int(h)]}
+    return {"points": contour[:, 0, :].tolist(), "area": float(cv2.contourArea(contour)), "pixels": int(pixels),
+            "bbox": [int(x), int(y), int(w), int(h)]}
 
 
 def write_contours(path: Path, mask: np.ndarray, contours: list[np.ndarray], threshold: float) -> None:
     """``_contours.json``, streamed: a mask of half a million specks never holds its polygons as
     Python lists (2.8 KB per contour, measured) nor the whole text in memory."""
     head = {"width": int(mask.shape[1]), "height": int(mask.shape[0]), "threshold": threshold, "count": len(contours)}
-    write_json_streamed(path, head, "contours", (contour_record(c, mask) for c in contours))
+    records = (contour_record(c, n) for c, n in zip(contours, region_pixels(mask, contours)))
+    write_json_streamed(path, head, "contours", records)
 
 
 def draw_overlay(photo: np.ndarray, contours: list[np.ndarray]) -> np.ndarray:
