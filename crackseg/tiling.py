@@ -150,8 +150,8 @@ class _RowBand:
     reach row ``r`` every row above it is final and is flushed into the output: memory holds
     a band a few tiles high, not a full-size map per scale."""
 
-    def __init__(self, channels: int, rows: int, width: int, device: torch.device):
-        self.offset = 0  # source row of the band's first row
+    def __init__(self, channels: int, rows: int, width: int, device: torch.device, offset: int = 0):
+        self.offset = offset  # source row of the band's first row
         self.total = torch.zeros((channels, rows, width), device=device)
         self.norm = torch.zeros((rows, width), device=device)
 
@@ -267,8 +267,9 @@ def sliding_window(
             pred = geometry.to_source(predict(tiles)[: len(chunk)].float())
             if out is None:
                 out = torch.zeros((pred.shape[1], height, width), device=image.device)
-            if band is None:
-                band = _RowBand(pred.shape[1], min(2 * geometry.footprint, height), width, image.device)
+            if band is None:  # from the first tile's row: the cascade may open none above it
+                band = _RowBand(pred.shape[1], min(2 * geometry.footprint, height), width, image.device,
+                                geometry.source_origin(*chunk[0])[0])
             for (y, x), p in zip(chunk, pred):
                 sy, sx = geometry.source_origin(y, x)
                 h, w = min(geometry.footprint, height - sy), min(geometry.footprint, width - sx)

@@ -182,6 +182,19 @@ def test_cascade_on_a_photo_that_is_all_crack_or_all_background():
         assert torch.equal(pruned >= 0.5, full >= 0.5) and (counts.skipped > 0) == expected_skips
 
 
+def test_a_cascade_opening_tiles_far_down_a_photo_holds_a_band_a_few_tiles_high(monkeypatch):
+    from crackseg import tiling
+
+    image = torch.full((3, 2000, 64), 200.0)
+    image[:, 1980:1983, 10:50] = 20  # one crack, at the bottom
+    predict = _cracked_photo()[1]
+    rows, add = [], tiling._RowBand.add
+    monkeypatch.setattr(tiling._RowBand, "add", lambda band, *a: (add(band, *a), rows.append(band.norm.shape[0])))
+    pruned = sliding_window(image, predict, tile=32, batch_size=4, scales=[0.5, 1, 2], threshold=0.5)
+    assert torch.equal(pruned >= 0.5, sliding_window(image, predict, tile=32, batch_size=4, scales=[0.5, 1, 2]) >= 0.5)
+    assert max(rows) <= 4 * 64  # was: the band grew from row 0 down to the crack, 1996 rows
+
+
 @pytest.mark.parametrize("scale", [1, 2, 0.5])
 @pytest.mark.parametrize("height, width", [(150, 190), (40, 70)])
 def test_cascade_opens_exactly_the_tiles_whose_footprint_reaches_the_bound(scale, height, width):
