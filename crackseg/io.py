@@ -29,6 +29,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+JPEG_MAX_SIDE = 65_500  # libjpeg's limit, as OpenCV encodes
 
 # Keep depth and colour as stored, but let OpenCV apply the EXIF orientation
 # (IMREAD_UNCHANGED would skip it) and drop any alpha channel.
@@ -284,11 +285,19 @@ def _remove_stale_lock(lock: Path, stale_owner: str) -> bool:
 
 
 def write_image(path: str | Path, image: np.ndarray, jpeg_quality: int = 95) -> None:
-    """Atomically write an RGB or single-channel ``uint8`` image; format from the suffix."""
+    """Atomically write an RGB or single-channel ``uint8`` image; format from the suffix. A JPEG
+    holds at most 65,500 px a side: a longer image (a line-scan's overlay) is shrunk to fit."""
     path = Path(path)
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    if jpeg and max(image.shape[:2]) > JPEG_MAX_SIDE:
+        factor = JPEG_MAX_SIDE / max(image.shape[:2])
+        size = (max(1, int(image.shape[1] * factor)), max(1, int(image.shape[0] * factor)))
+        log.warning("%s: %dx%d px is more than a JPEG holds (%d a side): written at %dx%d", path, image.shape[1],
+                    image.shape[0], JPEG_MAX_SIDE, *size)
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if jpeg else []
     ok, buf = cv2.imencode(path.suffix, image, params)
     if not ok:
         raise ValueError(f"could not encode image as {path.suffix}: {path}")

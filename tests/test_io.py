@@ -227,3 +227,14 @@ def test_random_bytes_named_jpg_are_not_called_a_truncated_jpeg(tmp_path):
     with pytest.raises(ImageReadError, match=r"not a readable image.*noise\.jpg") as err:
         read_photo(tmp_path / "noise.jpg")
     assert "truncated" not in str(err.value)
+
+
+def test_an_image_longer_than_a_jpeg_holds_is_written_shrunk_to_fit(tmp_path):
+    strip = np.zeros((4, 70_000, 3), np.uint8)
+    strip[:, 35_000:] = 200
+    write_image(tmp_path / "strip.jpg", strip)
+    written = read_photo(tmp_path / "strip.jpg")
+    assert written.shape[1] <= 65_500 and written.shape[1] > 65_000
+    assert written[:, : written.shape[1] // 2 - 2].max() < 10 and written[:, written.shape[1] // 2 + 2 :].min() > 190
+    write_image(tmp_path / "strip.png", strip[..., 0])  # PNG holds it whole
+    assert read_mask(tmp_path / "strip.png").shape == (4, 70_000)
