@@ -146,6 +146,11 @@ def test_several_datasets_are_evaluated_together_and_each_on_its_own(red_checkpo
     assert result["sources"]["a"]["photos"] == 2 and result["sources"]["a"]["dice"] == pytest.approx(a.dice, abs=1e-4)
     assert result["sources"]["b"]["recall"] == pytest.approx(b.recall, abs=1e-4)
     assert result["split"] == "a+b:val"
+    curves = json.loads((tmp_path / "run" / "report.json").read_text())["source_pr_curves"]
+    for name in ("a", "b"):  # each dataset's own curve, whose best F1 is its ODS
+        precision, recall = np.array(curves[name]["precision"]), np.array(curves[name]["recall"])
+        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+        assert f1.max() == pytest.approx(result["sources"][name]["ods"], abs=1e-4)
     rows = list(csv.DictReader((tmp_path / "run" / "per_photo.csv").open()))
     assert [r["source"] for r in rows] == ["a", "a", "b", "b", "b"]
 

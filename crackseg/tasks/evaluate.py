@@ -101,10 +101,13 @@ def evaluate(cfg: DictConfig) -> dict:
     }
     if distractor_mp:
         result["distractor_fp_px_per_mp"] = distractor_fp / distractor_mp
+    source_curves = {}  # each dataset's PR curve, for threshold choices other than the pooled one
     if len(by_source) > 1:  # each dataset at the threshold used, and at its own best (ODS)
         result["sources"] = {}
         for name, counts in source_counts.items():
             if source_histograms[name]:
+                precision, recall = metrics.precision_recall_curve(source_histograms[name])
+                source_curves[name] = {"precision": precision.tolist(), "recall": recall.tolist()}
                 f1, best, _ = metrics.ods(source_histograms[name])
                 result["sources"][name] = {
                     "photos": len(source_histograms[name]), "dice": round(counts.dice, 4), "iou": round(counts.iou, 4),
@@ -117,6 +120,7 @@ def evaluate(cfg: DictConfig) -> dict:
     report = {**result, "settings": settings,
               "pr_curve": {"threshold": metrics.THRESHOLDS.tolist(), "precision": precision_curve.tolist(),
                            "recall": recall_curve.tolist()},
+              **({"source_pr_curves": source_curves} if source_curves else {}),
               "per_photo": rows}
     atomic_write_bytes(output / "report.json", json.dumps(report, indent=1).encode())
     write_csv(output / "per_photo.csv", PHOTO_FIELDS,
