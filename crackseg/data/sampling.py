@@ -175,9 +175,13 @@ def read_rescaled_tile(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``tile`` x ``tile`` crop at ``(y, x)`` as the photo would look resized by ``scale``:
     a window of ``tile / scale`` source pixels around the same centre (see :func:`read_window`)."""
+    return read_window(image, mask, *centred_window(y, x, tile, scale), tile)
+
+
+def centred_window(y: int, x: int, tile: int, scale: float) -> tuple[int, int, int]:
+    """``(top, left, size)`` of the source window that shows the tile at ``(y, x)`` at ``scale``."""
     window = max(1, int(round(tile / scale)))
-    return read_window(image, mask, int(round(y + (tile - window) / 2)), int(round(x + (tile - window) / 2)),
-                       window, tile)
+    return int(round(y + (tile - window) / 2)), int(round(x + (tile - window) / 2)), window
 
 
 def read_window(image: np.ndarray, mask: np.ndarray, top: int, left: int, window: int, tile: int
@@ -257,13 +261,11 @@ class TileDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         photo_id, y, x = (int(v) for v in self.index.positions[i])
         image, mask = self.arrays[photo_id]
-        tile, scale = self.index.tile, self._draw_scale()
-        window = max(1, int(round(tile / scale)))
-        start = self._crack_window(mask, y, x, window) if window < tile and self.index.crack[i] else None
-        if start is None:
-            image, mask = read_rescaled_tile(image, mask, y, x, tile, scale)
-        else:
-            image, mask = read_window(image, mask, *start, window, tile)
+        tile = self.index.tile
+        top, left, window = centred_window(y, x, tile, self._draw_scale())
+        if window < tile and self.index.crack[i]:
+            top, left = self._crack_window(mask, y, x, window) or (top, left)
+        image, mask = read_window(image, mask, top, left, window, tile)
         if self.transform is not None:
             self._seed_transform()
             out = self.transform(image=np.ascontiguousarray(image), mask=np.ascontiguousarray(mask))
