@@ -164,6 +164,15 @@ def test_threshold_files_of_the_older_one_threshold_layout_still_apply(tmp_path)
     assert read_thresholds(model) == {"1": {"threshold": 0.4, "scales": [1]}}
 
 
+def test_thresholds_belong_to_a_set_of_scales_in_any_order(tmp_path):
+    model = tmp_path / "m.ckpt"  # the mean over scales does not depend on their order
+    write_threshold(model, 0.38, [1, 2, 0.5], {"split": "val"})
+    assert resolve_threshold(model, 0.5, None, [0.5, 1, 2]) == resolve_threshold(model, 0.5, None, [2, 0.5, 1]) == 0.38
+    assert resolve_threshold(model, 0.5, None, [1, 2]) == resolve_threshold(model, 0.5, None, [1, 1, 2, 0.5]) == 0.5
+    write_threshold(model, 0.4, [2, 1, 0.5], {"split": "val"})  # the same set: replaces, one entry
+    assert read_thresholds(model) == {"1,2,0.5": {"threshold": 0.4, "scales": [2.0, 1.0, 0.5], "split": "val"}}
+
+
 def test_a_threshold_chosen_on_other_data_is_kept_unless_replaced(tmp_path, caplog):
     model = tmp_path / "shipped.ckpt"  # e.g. the shipped model, evaluated on the synthetic default data
     write_threshold(model, 0.38, [1, 2, 0.5], {"split": "general:val"})

@@ -1,5 +1,6 @@
 """export.py: ONNX export, parity with PyTorch, prediction with ONNX Runtime, bad files."""
 
+import json
 import logging
 import subprocess
 import sys
@@ -138,8 +139,15 @@ def test_exports_carry_the_thresholds_chosen_on_validation(checkpoint, tmp_path)
         with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
             out = export(compose("export", overrides=[f"ckpt={ckpt}", f"format={fmt}", f"out={tmp_path / name}"]))
         assert resolve_threshold(out, 0.5, None, [1, 2, 0.5]) == 0.61 and resolve_threshold(out, 0.5, None, [1]) == 0.42
-    assert {p.key: p.value for p in onnx.load(out).metadata_props}["crackseg.threshold"] == "0.61"
-    assert OnnxModel(out).threshold == 0.61
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert meta["crackseg.threshold"] == "0.5" and json.loads(meta["crackseg.thresholds"]) == {"1,2,0.5": 0.61, "1": 0.42}
+    # the ONNX file alone (its threshold file not copied with it) still picks the one of its scales
+    alone = tmp_path / "alone.onnx"
+    alone.write_bytes(out.read_bytes())
+    session = OnnxModel(alone)
+    assert session.threshold == 0.5 and session.thresholds == {"1,2,0.5": 0.61, "1": 0.42}
+    for scales, expected in [([1, 2, 0.5], 0.61), ([0.5, 2, 1], 0.61), ([1], 0.42), ([0.5], 0.5)]:
+        assert resolve_threshold(alone, session.threshold, None, scales, session.thresholds) == expected
 
 
 def test_bad_onnx_files_and_backends_raise_clear_errors(checkpoint, tmp_path):

@@ -94,7 +94,7 @@ def predictor_from_config(cfg: DictConfig, cascade: bool = False) -> tuple[Predi
     (given, else chosen on validation data at these scales, else the trained one); ``cascade``
     skips the tiles that cannot change the mask at that threshold."""
     model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device, cfg.precision, cfg.compile, cfg.onnx_cache)
-    threshold = resolve_threshold(cfg.ckpt, model.threshold, cfg.threshold, cfg.scales)
+    threshold = resolve_threshold(cfg.ckpt, model.threshold, cfg.threshold, cfg.scales, getattr(model, "thresholds", None))
     tile = int(cfg.tile if cfg.tile is not None else model.tile)
     check_tile_scales(tile, cfg.scales, "" if cfg.tile is not None else f" of {cfg.ckpt}")
     precision = None if cfg.precision == "auto" else cfg.precision  # None: the model's own (ONNX), or fp32

@@ -3,12 +3,14 @@
 The exported graph is :class:`CrackSegNet`'s forward: float tiles ``(N, 3, H, W)`` in [0, 255] in,
 crack probabilities ``(N, 1, H, W)`` out (normalisation and sigmoid inside), with dynamic N, H
 and W. The model's threshold and tile size (and ``int8`` for a quantised one) travel as ONNX
-metadata (``metadata_props``).
+metadata (``metadata_props``), with the thresholds chosen on validation per scale set when the
+export had them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -22,14 +24,15 @@ from crackseg.models.nets import CrackSegNet
 log = logging.getLogger(__name__)
 
 THRESHOLD_KEY, TILE_KEY, PRECISION_KEY = "crackseg.threshold", "crackseg.tile", "crackseg.precision"
+THRESHOLDS_KEY = "crackseg.thresholds"  # {scales key: threshold chosen on validation} (crackseg.models.thresholds)
 INPUT_NAME, OUTPUT_NAME = "tiles", "probabilities"
 
 
 def export_onnx(model: CrackSegNet, path: str | Path, opset: int = 18, atol: float = 1e-4,
-                threshold: float | None = None) -> Path:
-    """Write ``model`` to ``path`` as ONNX (torch.export-based exporter) with a threshold (``threshold``,
-    else the model's) and its tile as metadata; the file is checked against PyTorch on a tile of
-    another size first."""
+                thresholds: dict[str, float] | None = None) -> Path:
+    """Write ``model`` to ``path`` as ONNX (torch.export-based exporter) with its trained threshold,
+    its tile and ``thresholds`` (chosen on validation, by scales key) as metadata; the file is
+    checked against PyTorch on a tile of another size first."""
     import onnx
 
     logging.getLogger("onnx_ir.passes.common.initializer_deduplication").setLevel(logging.WARNING)  # a line per weight
@@ -41,8 +44,8 @@ def export_onnx(model: CrackSegNet, path: str | Path, opset: int = 18, atol: flo
                                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                 dynamic_shapes={"tiles": {0: dynamic, 2: dynamic, 3: dynamic}}, verbose=False)
     proto = program.model_proto
-    onnx.helper.set_model_props(proto, {THRESHOLD_KEY: repr(model.threshold if threshold is None else float(threshold)),
-                                           TILE_KEY: str(tile)})
+    onnx.helper.set_model_props(proto, {THRESHOLD_KEY: repr(float(model.threshold)), TILE_KEY: str(tile),
+                                        **({THRESHOLDS_KEY: json.dumps(thresholds)} if thresholds else {})})
     data = proto.SerializeToString()
     check = example[:1, :, : tile - 3, : tile + 5]  # another batch, height and width
     with torch.no_grad():
@@ -98,6 +101,10 @@ class OnnxModel:
         if THRESHOLD_KEY not in meta or TILE_KEY not in meta or [i.name for i in inputs] != [INPUT_NAME]:
             raise CheckpointError(f"not an ONNX model exported by crackseg (export.py): {path}")
         self.threshold, self.tile = float(meta[THRESHOLD_KEY]), int(meta[TILE_KEY])
+        try:
+            self.thresholds = {str(k): float(t) for k, t in json.loads(meta.get(THRESHOLDS_KEY, "{}")).items()}
+        except (ValueError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"unreadable {THRESHOLDS_KEY} metadata in {path}: {err}") from err
         self.precision = meta.get(PRECISION_KEY, "fp32")
 
     def run(self, tiles: np.ndarray) -> np.ndarray:

@@ -32,6 +32,16 @@ def scales_key(scales: Sequence[float]) -> str:
     return ",".join(f"{float(s):g}" for s in scales)
 
 
+def find_entry(entries: dict[str, dict], scales: Sequence[float]) -> str | None:
+    """The key of ``entries`` chosen at ``scales`` in any order (their mean does not depend on it),
+    else the old layout's ``ANY_SCALES``, else None."""
+    wanted = sorted(float(s) for s in scales)
+    for key in entries:
+        if key != ANY_SCALES and sorted(float(s) for s in key.split(",")) == wanted:
+            return key
+    return ANY_SCALES if ANY_SCALES in entries else None
+
+
 def read_thresholds(model_path: str | Path) -> dict[str, dict]:
     """``{scales key: entry}`` stored beside ``model_path`` (empty when there is no file)."""
     path = threshold_path(model_path)
@@ -56,7 +66,8 @@ def write_threshold(model_path: str | Path, threshold: float, scales: Sequence[f
     evaluating a model on other data (say the shipped one on synthetic photos) must not silently
     change the threshold prediction uses. Returns the file, or None when nothing was written."""
     entries = read_thresholds(model_path)
-    key = scales_key(scales)
+    key = find_entry(entries, scales)
+    key = scales_key(scales) if key in (None, ANY_SCALES) else key
     kept = entries.get(key)
     if kept is not None and not replace and kept.get("split") != details.get("split"):
         log.warning("kept the threshold %.4f chosen on %s at scales [%s] in %s: this one (%.4f) was chosen on %s "
@@ -69,15 +80,17 @@ def write_threshold(model_path: str | Path, threshold: float, scales: Sequence[f
     return path
 
 
-def resolve_threshold(model_path: str | Path, trained: float, threshold: float | None, scales: Sequence[float]) -> float:
-    """``threshold`` when given, else the one chosen on validation data at these ``scales``, else
-    the ``trained`` one (with a warning when thresholds exist only for other scales)."""
+def resolve_threshold(model_path: str | Path, trained: float, threshold: float | None, scales: Sequence[float],
+                      embedded: dict[str, float] | None = None) -> float:
+    """``threshold`` when given, else the one chosen on validation data at these ``scales`` (from
+    the file beside the model, else those ``embedded`` in it: an ONNX export's), else the
+    ``trained`` one (with a warning when thresholds exist only for other scales)."""
     if threshold is not None:
         return float(threshold)
-    entries = read_thresholds(model_path)  # one read of the file
-    chosen = entries.get(scales_key(scales), entries.get(ANY_SCALES))
-    if chosen is not None:
-        return chosen["threshold"]
+    entries = read_thresholds(model_path) or {k: {"threshold": float(t)} for k, t in (embedded or {}).items()}
+    key = find_entry(entries, scales)
+    if key is not None:
+        return entries[key]["threshold"]
     others = sorted(entries)
     if others:
         log.warning("%s has thresholds chosen at scales %s, not %s: using the trained threshold %.3f (evaluate the "

@@ -11,13 +11,13 @@ from omegaconf import DictConfig
 from crackseg.inference.onnx import export_onnx
 from crackseg.io import atomic_write_bytes
 from crackseg.models.checkpoints import load_model, save_slim_checkpoint
-from crackseg.models.thresholds import read_thresholds, scales_key, threshold_path
+from crackseg.models.thresholds import find_entry, read_thresholds, threshold_path
 
 log = logging.getLogger(__name__)
 
 
 FORMATS = {"onnx": ".onnx", "fp16": ".fp16.ckpt", "int8": ".int8.onnx"}
-METADATA_SCALES = (1, 2, 0.5)  # prediction's default scales: their chosen threshold goes in the ONNX metadata
+DEFAULT_SCALES = (1, 2, 0.5)  # prediction's default scales: the threshold logged
 
 
 def export(cfg: DictConfig) -> Path:
@@ -25,8 +25,8 @@ def export(cfg: DictConfig) -> Path:
     ``<ckpt stem>.fp16.ckpt`` for ``format=fp16``, the net's weights alone in half precision, or
     ``<ckpt stem>.int8.onnx`` for ``format=int8``, calibrated on train tiles of ``cfg.data``; its
     calibration is also stored beside the checkpoint, where precision=auto|int8 finds it).
-    The thresholds chosen on validation go with it (``<out stem>.threshold.json``; ONNX metadata:
-    the one for the default scales, else the trained one)."""
+    The thresholds chosen on validation go with it (``<out stem>.threshold.json``, and in an ONNX
+    file's metadata)."""
     if cfg.format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {cfg.format!r}")
     if cfg.format == "int8" and cfg.get("data") is None:
@@ -34,28 +34,30 @@ def export(cfg: DictConfig) -> Path:
     model = load_model(cfg.ckpt)
     out = Path(cfg.out) if cfg.out is not None else Path(cfg.ckpt).with_suffix(FORMATS[cfg.format])
     chosen = read_thresholds(cfg.ckpt)  # read (and checked) before anything is written
-    threshold = chosen.get(scales_key(METADATA_SCALES), {}).get("threshold", model.threshold)
+    thresholds = {key: entry["threshold"] for key, entry in chosen.items()}
     if cfg.format == "onnx":
-        export_onnx(model, out, cfg.opset, threshold=threshold)
+        export_onnx(model, out, cfg.opset, thresholds=thresholds)
     elif cfg.format == "int8":
-        _export_int8(cfg, model, out, threshold)
+        _export_int8(cfg, model, out, thresholds)
     else:
         save_slim_checkpoint(model, out)
     if chosen and threshold_path(out).resolve() != threshold_path(cfg.ckpt).resolve():
         atomic_write_bytes(threshold_path(out), threshold_path(cfg.ckpt).read_bytes())
         log.info("thresholds chosen on validation (scales %s) -> %s", ", ".join(f"[{k}]" for k in chosen),
                  threshold_path(out))
-    log.info("exported %s -> %s (threshold %.3f, tile %d)", cfg.ckpt, out, threshold, model.tile)
+    default = find_entry(chosen, DEFAULT_SCALES)
+    log.info("exported %s -> %s (threshold %.3f at scales %s, tile %d)", cfg.ckpt, out,
+             chosen[default]["threshold"] if default else model.threshold, list(DEFAULT_SCALES), model.tile)
     return out
 
 
-def _export_int8(cfg: DictConfig, model, out: Path, threshold: float) -> None:
+def _export_int8(cfg: DictConfig, model, out: Path, thresholds: dict[str, float]) -> None:
     from crackseg.data.folder import split_pairs
     from crackseg.inference.quantize import calibrate, calibration_path, calibration_tiles
 
     pairs = split_pairs(cfg.data, "train")
     tiles = calibration_tiles(pairs, cfg.calibration_tiles, model.tile)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", cfg.opset, threshold=threshold)
+        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", cfg.opset, thresholds=thresholds)
         calibrate(fp32, tiles, calibration_path(cfg.ckpt), out)
     log.info("int8 calibration on %d train tiles of %d photos: %s", len(tiles), len(pairs), calibration_path(cfg.ckpt))
