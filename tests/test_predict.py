@@ -263,6 +263,35 @@ def test_a_full_disk_fails_the_photo_leaves_nothing_half_written_and_a_rerun_com
     assert predict(cfg) == 0 and (out / "b_mask.png").is_file()
 
 
+def test_a_photo_predicted_again_and_stopped_midway_is_never_left_with_its_old_measurement(red_checkpoint, tmp_path,
+                                                                                          monkeypatch):
+    import json
+
+    import crackseg.tasks.predict as predict_module
+
+    photos, out = tmp_path / "in", tmp_path / "out"
+    photo = np.full((60, 80, 3), 90, np.uint8)
+    photo[15:19, 5:75, 0] = 255  # a crack at any threshold to the red model
+    photo[40:44, 5:75, 0] = 135  # a crack at 0.5 (probability 0.95), not at 0.99
+    write_image(photos / "a.png", photo)
+    cfg = _predict_cfg(ckpt=str(red_checkpoint), input=str(photos), output=str(out), tile=32, threshold=0.5,
+                       scales=[1])
+    assert predict(cfg) == 0
+    assert len(json.loads((out / "a_cracks.json").read_text())["cracks"]) == 2
+    cfg.threshold = 0.99  # predicted again; its measurement fails (as a run killed while measuring)
+
+    def broken(*args, **kwargs):
+        raise MemoryError("killed while measuring")
+
+    monkeypatch.setattr(predict_module, "measure_mask", broken)
+    assert predict(cfg) == 1
+    assert not (out / "a_cracks.json").exists() and (out / "a_mask.png").is_file()  # the new mask, unmeasured
+    monkeypatch.undo()
+    assert predict(cfg) == 0  # the rerun measures the new mask instead of skipping the photo as done
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert rows[0]["status"] == "ok" and len(json.loads((out / "a_cracks.json").read_text())["cracks"]) == 1
+
+
 def test_a_photo_another_run_is_predicting_is_left_to_it(red_checkpoint, tmp_path):
     from crackseg.io import claimed
 

@@ -213,8 +213,13 @@ def _predict_one(job: _PhotoJob, predictor: Predictor, threshold: float) -> None
 
 
 def _write(job: _PhotoJob, cfg: DictConfig, threshold: float, settings: dict) -> None:
-    """The prediction's outputs (unless re-measuring), then the measurement's."""
+    """The prediction's outputs (unless re-measuring), then the measurement's. A photo predicted
+    again first loses its old mask (the mark of a finished prediction) and measurement, so a run
+    stopped midway leaves it to be done again, never the old measurement beside a new mask."""
     if not job.remeasure:
+        for key in ("mask", *MEASUREMENT_OUTPUTS):
+            if key in job.paths:
+                job.paths[key].unlink(missing_ok=True)
         job.row.update(write_photo_outputs(job.paths, job.photo, job.prob, job.mask, threshold))
         job.prob = None
     if cfg.measure:
