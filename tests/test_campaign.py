@@ -94,6 +94,24 @@ def test_two_shards_one_after_the_other_make_the_unsharded_outputs(red_checkpoin
     assert _report_body(sharded) == _report_body(tmp_path / "whole").replace(str(tmp_path / "whole"), str(sharded))
 
 
+def test_two_runs_on_one_output_keep_each_others_outcomes_in_the_summary(tmp_path):
+    from crackseg.report.batch import CLAIMED_ELSEWHERE, publish
+
+    def row(photo, status, detail=""):
+        return {"photo": photo, "status": status, "detail": detail, "width": 80, "height": 60}
+
+    elsewhere = ("skipped", CLAIMED_ELSEWHERE)
+    first = [row("a.png", "failed", "truncated photo: a.png"), row("b.png", *elsewhere), row("c.png", "ok")]
+    second = [row("a.png", *elsewhere), row("b.png", "ok"), row("c.png", *elsewhere)]
+    publish(tmp_path, first, {}, False)  # two unsharded runs sharing the photos end one after the other
+    publish(tmp_path, second, {}, False)
+    assert [(r["photo"], r["status"], r["detail"]) for r in _summary(tmp_path)] == [
+        ("a.png", "failed", "truncated photo: a.png"), ("b.png", "ok", ""), ("c.png", "ok", "")]
+    publish(tmp_path, [row("b.png", "skipped", "outputs exist")], {}, False)  # a later run of fewer photos
+    assert [(r["photo"], r["status"]) for r in _summary(tmp_path)] == [("b.png", "skipped")]
+    assert not list((tmp_path / "shards").glob(".*.lock"))
+
+
 def _report_body(folder):
     return (folder / "report.html").read_text().split("Generated")[0] + (folder / "report.html").read_text().split(
         " by crackseg.")[1]
