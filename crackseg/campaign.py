@@ -33,8 +33,9 @@ def find_photos(spec: str, output_dir: Path | None = None, recursive: bool = Fal
     """Photos named by a folder (its images; with ``recursive`` those of every sub-folder too), a
     file, or a glob pattern (``**`` reaches into sub-folders), sorted by key. Hidden files and
     folders (``.name``, e.g. macOS ``._DSC_0001.JPG``) are left out, and so is what an earlier run
-    wrote (a file in the output folder of another photo found, named like one of its outputs),
-    so ``output`` may be the input folder itself."""
+    wrote (a file in the output folder of another photo found, named like one of its outputs, or
+    named so beside its photo's ``_contours.json`` once the photo is gone), so ``output`` may be
+    the input folder itself."""
     path = Path(spec)
     if path.is_file():
         photos = [CampaignPhoto(path, path.name)]
@@ -47,13 +48,20 @@ def find_photos(spec: str, output_dir: Path | None = None, recursive: bool = Fal
                   if p.is_file() and _is_image(p) and not _hidden(p.relative_to(root))]
     if output_dir is not None:
         outputs_of = {(p.output_dir(output_dir).resolve(), p.stem) for p in photos}
-        photos = [p for p in photos if (p.path.parent.resolve(), photo_stem_of_output(p.path)) not in outputs_of]
+        photos = [p for p in photos if (p.path.parent.resolve(), photo_stem_of_output(p.path)) not in outputs_of
+                  and not _output_of_a_removed_photo(p.path)]
     if not photos:
         raise FileNotFoundError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) found for input={spec}"
                                 + ("" if recursive or not path.is_dir() else " (recursive=true reads its sub-folders)"))
     photos.sort(key=lambda p: p.key)
     _check_unique_outputs(photos)
     return photos
+
+
+def _output_of_a_removed_photo(path: Path) -> bool:
+    """Whether ``path`` is named like an output image and lies beside that photo's contours file."""
+    stem = photo_stem_of_output(path)
+    return stem is not None and (path.parent / f"{stem}_contours.json").is_file()
 
 
 def shard(photos: list[CampaignPhoto], index: int, count: int) -> list[CampaignPhoto]:

@@ -134,6 +134,10 @@ def test_output_inside_the_input_folder_is_not_taken_for_photos(red_checkpoint, 
         assert sorted(r["photo"].split("/")[-1] for r in rows) == ["other_mask.png", "wall.jpg"]
         files.append(sorted(p.name for p in (tmp_path / "site").iterdir()))
     assert files[0] == files[1] and "wall_mask.png" in files[0] and "other_mask_mask.png" in files[0]
+    (tmp_path / "site" / "wall.jpg").unlink()  # its outputs stay: still not photos
+    assert predict(cfg) == 0
+    assert [r["photo"] for r in csv.DictReader((tmp_path / "site" / "summary.csv").open())] == ["other_mask.png"]
+    assert sorted(p.name for p in (tmp_path / "site").iterdir()) == sorted(set(files[0]) - {"wall.jpg"})
 
 
 def _png_claiming(width: int, height: int) -> bytes:
