@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 JPEG_MAX_SIDE = 65_500  # libjpeg's limit, as OpenCV encodes
+SENSOR_BITS = (10, 12, 14, 16)  # sensors' bit depths, stored in 16-bit files
 
 # Keep depth and colour as stored, but let OpenCV apply the EXIF orientation
 # (IMREAD_UNCHANGED would skip it) and drop any alpha channel.
@@ -89,7 +90,10 @@ def _to_uint8(array: np.ndarray, path: Path, what: str) -> np.ndarray:
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.uint16:
-        return (array >> 8).astype(np.uint8)
+        bits = next(b for b in SENSOR_BITS if int(array.max()) < 1 << b)
+        if bits < 16:
+            log.info("%s: 16-bit pixels all below 2^%d, read as %d-bit sensor data", path, bits, bits)
+        return (array >> (bits - 8)).astype(np.uint8)
     raise ImageReadError(f"{what} has unsupported pixel type {array.dtype}: {path}")
 
 
@@ -97,7 +101,8 @@ def read_photo(path: str | Path, max_megapixels: float | None = None) -> np.ndar
     """Read a photo as ``uint8`` RGB ``(H, W, 3)``.
 
     EXIF orientation is applied; grayscale becomes 3 equal channels; 16-bit is scaled to
-    8-bit by its high byte; an alpha channel is dropped. A photo whose header claims more than
+    8-bit by the top 8 bits of the smallest sensor depth (10, 12, 14 or 16 bits) that holds its
+    brightest pixel (a 12-bit camera's file is not read nearly black); an alpha channel is dropped. A photo whose header claims more than
     ``max_megapixels`` is refused before decoding, and one its decoder finds truncated is refused.
     """
     array = _to_uint8(_read(path, "photo", max_megapixels), Path(path), "photo")

@@ -26,6 +26,11 @@ def test_grayscale_16bit_and_rgba_photos_are_converted(tmp_path):
     cv2.imwrite(str(tmp_path / "a.png"), np.dstack([np.full((4, 6, 3), 70, np.uint8), np.zeros((4, 6), np.uint8)]))
     assert (read_photo(tmp_path / "g.png") == 90).all()
     assert (read_photo(tmp_path / "d.png") == 40000 >> 8).all()
+    twelve_bit = np.array([[0, 4095], [2048, 100]], np.uint16)  # a 12-bit sensor's data in a 16-bit file
+    cv2.imwrite(str(tmp_path / "t.png"), twelve_bit)
+    assert (read_photo(tmp_path / "t.png")[..., 0] == twelve_bit >> 4).all()
+    cv2.imwrite(str(tmp_path / "f.png"), np.array([[0, 1023]], np.uint16))  # 10-bit
+    assert read_photo(tmp_path / "f.png")[..., 0].tolist() == [[0, 255]]
     rgba = read_photo(tmp_path / "a.png")
     assert rgba.shape == (4, 6, 3) and (rgba == 70).all()  # alpha dropped, colour kept
 
