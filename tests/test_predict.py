@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import subprocess
 import sys
 
@@ -296,7 +297,7 @@ def test_a_photo_predicted_again_and_stopped_midway_is_never_left_with_its_old_m
     assert rows[0]["status"] == "ok" and len(json.loads((out / "a_cracks.json").read_text())["cracks"]) == 1
 
 
-def test_a_photo_another_run_is_predicting_is_left_to_it(red_checkpoint, tmp_path):
+def test_a_photo_another_run_is_predicting_is_left_to_it(red_checkpoint, tmp_path, caplog):
     from crackseg.io import claimed
 
     photos, out = tmp_path / "in", tmp_path / "out"
@@ -304,8 +305,9 @@ def test_a_photo_another_run_is_predicting_is_left_to_it(red_checkpoint, tmp_pat
         write_image(photos / f"{name}.png", np.full((60, 80, 3), 90, np.uint8))
     cfg = _predict_cfg(ckpt=str(red_checkpoint), input=str(photos), output=str(out), tile=32, measure=False)
     out.mkdir()
-    with claimed(out / ".b.lock"):  # as a second predict.py on the same output would hold it
+    with claimed(out / ".b.lock"), caplog.at_level(logging.WARNING):  # as a second predict.py would hold it
         assert predict(cfg) == 0
+    assert "1 photo(s) left to other runs that hold their locks (b.png)" in caplog.text
     status = {r["photo"].split("/")[-1]: (r["status"], r["detail"]) for r in csv.DictReader((out / "summary.csv").open())}
     assert status == {"a.png": ("ok", ""), "b.png": ("skipped", "another run is predicting it")}
     assert not (out / "b_mask.png").exists() and not list(out.glob(".*.lock"))

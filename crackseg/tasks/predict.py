@@ -68,6 +68,11 @@ def predict(cfg: DictConfig) -> int:
                                 cfg.measure, cfg.shard.index, cfg.shard.count)
     log.info("done: %d ok, %d skipped, %d failed; summary of %d photo(s): %s", sum(r["status"] == "ok" for r in rows),
              sum(r["status"] == "skipped" for r in rows), failed, photos_in_summary, output_dir / "summary.csv")
+    elsewhere = [r["photo"] for r in rows if r.get("detail") == CLAIMED_ELSEWHERE]
+    if elsewhere:
+        log.warning("%d photo(s) left to other runs that hold their locks (%s%s): done when those runs end; the lock "
+                    "of a run that died on another machine is taken over after 6 hours (or delete its .<stem>.lock)",
+                    len(elsewhere), ", ".join(elsewhere[:3]), ", ..." if len(elsewhere) > 3 else "")
     return failed
 
 
