@@ -102,8 +102,9 @@ def read_photo(path: str | Path, max_megapixels: float | None = None) -> np.ndar
 
     EXIF orientation is applied; grayscale becomes 3 equal channels; 16-bit is scaled to
     8-bit by the top 8 bits of the smallest sensor depth (10, 12, 14 or 16 bits) that holds its
-    brightest pixel (a 12-bit camera's file is not read nearly black); an alpha channel is dropped. A photo whose header claims more than
-    ``max_megapixels`` is refused before decoding, and one its decoder finds truncated is refused.
+    brightest pixel (a 12-bit camera's file is not read nearly black); an alpha channel is
+    dropped. A photo whose header claims more than ``max_megapixels`` is refused before decoding,
+    and one its decoder finds truncated is refused.
     """
     array = _to_uint8(_read(path, "photo", max_megapixels), Path(path), "photo")
     if array.ndim == 2:

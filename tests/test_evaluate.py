@@ -15,7 +15,9 @@ from crackseg.data.folder import split_pairs
 from crackseg.tasks.evaluate import evaluate
 from crackseg import metrics
 from crackseg.models.checkpoints import load_model
-from crackseg.models.thresholds import read_thresholds, resolve_threshold, threshold_path, write_threshold
+from crackseg.models.thresholds import (
+    ThresholdFileError, read_thresholds, resolve_threshold, threshold_path, write_threshold,
+)
 from crackseg.io import write_image
 from tests.conftest import ROOT
 
@@ -171,6 +173,9 @@ def test_thresholds_belong_to_a_set_of_scales_in_any_order(tmp_path):
     assert resolve_threshold(model, 0.5, None, [1, 2]) == resolve_threshold(model, 0.5, None, [1, 1, 2, 0.5]) == 0.5
     write_threshold(model, 0.4, [2, 1, 0.5], {"split": "val"})  # the same set: replaces, one entry
     assert read_thresholds(model) == {"1,2,0.5": {"threshold": 0.4, "scales": [2.0, 1.0, 0.5], "split": "val"}}
+    threshold_path(model).write_text(json.dumps({"by_scales": {"one,two": {"threshold": 0.4}}}))
+    with pytest.raises(ThresholdFileError, match="unreadable threshold file .*m.threshold.json"):
+        resolve_threshold(model, 0.5, None, [1])
 
 
 def test_a_threshold_chosen_on_other_data_is_kept_unless_replaced(tmp_path, caplog):

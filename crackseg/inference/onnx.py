@@ -20,6 +20,7 @@ import torch
 from crackseg.io import atomic_write_bytes
 from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.models.nets import CrackSegNet
+from crackseg.models.thresholds import key_scales
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ class OnnxModel:
         self.threshold, self.tile = float(meta[THRESHOLD_KEY]), int(meta[TILE_KEY])
         try:
             self.thresholds = {str(k): float(t) for k, t in json.loads(meta.get(THRESHOLDS_KEY, "{}")).items()}
+            for key in self.thresholds:
+                key_scales(key)
         except (ValueError, TypeError, AttributeError) as err:
             raise CheckpointError(f"unreadable {THRESHOLDS_KEY} metadata in {path}: {err}") from err
         self.precision = meta.get(PRECISION_KEY, "fp32")

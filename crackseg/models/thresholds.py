@@ -32,12 +32,17 @@ def scales_key(scales: Sequence[float]) -> str:
     return ",".join(f"{float(s):g}" for s in scales)
 
 
+def key_scales(key: str) -> list[float]:
+    """The scales of a scales key (``"1,2,0.5"`` -> ``[1.0, 2.0, 0.5]``); ValueError for another string."""
+    return [float(s) for s in key.split(",")]
+
+
 def find_entry(entries: dict[str, dict], scales: Sequence[float]) -> str | None:
     """The key of ``entries`` chosen at ``scales`` in any order (their mean does not depend on it),
     else the old layout's ``ANY_SCALES``, else None."""
     wanted = sorted(float(s) for s in scales)
     for key in entries:
-        if key != ANY_SCALES and sorted(float(s) for s in key.split(",")) == wanted:
+        if key != ANY_SCALES and sorted(key_scales(key)) == wanted:
             return key
     return ANY_SCALES if ANY_SCALES in entries else None
 
@@ -52,8 +57,10 @@ def read_thresholds(model_path: str | Path) -> dict[str, dict]:
         if "by_scales" not in stored:  # the one-threshold layout
             stored = {"by_scales": {scales_key(stored["scales"]) if stored.get("scales") else ANY_SCALES: stored}}
         entries = {str(k): dict(v) for k, v in stored["by_scales"].items()}
-        for entry in entries.values():
+        for key, entry in entries.items():
             entry["threshold"] = float(entry["threshold"])
+            if key != ANY_SCALES:
+                key_scales(key)
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ThresholdFileError(f"unreadable threshold file {path}: {err}") from err
     return entries
