@@ -31,6 +31,7 @@ from crackseg.metrics import LEVELS
 
 
 def _f1(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
+    """F1 along a stored PR curve (reports keep precision and recall; metrics.f1 takes scalars)."""
     precision, recall = np.asarray(precision), np.asarray(recall)
     return np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
 

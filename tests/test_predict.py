@@ -295,6 +295,10 @@ def test_a_photo_predicted_again_and_stopped_midway_is_never_left_with_its_old_m
     assert predict(cfg) == 0  # the rerun measures the new mask instead of skipping the photo as done
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert rows[0]["status"] == "ok" and len(json.loads((out / "a_cracks.json").read_text())["cracks"]) == 1
+    cfg.threshold, cfg.measure = 0.5, False  # predicted again without measuring: the old measurement goes too
+    assert predict(cfg) == 0 and not (out / "a_cracks.json").exists()
+    cfg.measure = True
+    assert predict(cfg) == 0 and len(json.loads((out / "a_cracks.json").read_text())["cracks"]) == 2
 
 
 def test_a_photo_another_run_is_predicting_is_left_to_it(red_checkpoint, tmp_path, caplog):

@@ -222,9 +222,9 @@ def _write(job: _PhotoJob, cfg: DictConfig, threshold: float, settings: dict) ->
     again first loses its old mask (the mark of a finished prediction) and measurement, so a run
     stopped midway leaves it to be done again, never the old measurement beside a new mask."""
     if not job.remeasure:
+        every_output = output_paths(job.paths["mask"].parent, job.source.stem)  # measure=false keeps old ones too
         for key in ("mask", *MEASUREMENT_OUTPUTS):
-            if key in job.paths:
-                job.paths[key].unlink(missing_ok=True)
+            every_output[key].unlink(missing_ok=True)
         job.row.update(write_photo_outputs(job.paths, job.photo, job.prob, job.mask, threshold))
         job.prob = None
     if cfg.measure:
