@@ -129,6 +129,13 @@ def sweep_f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
     return np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0)
 
 
+def counts_at(histograms: list[np.ndarray], threshold: float) -> Counts:
+    """The pooled counts of all photos at ``threshold`` (a grid threshold ``k / LEVELS``)."""
+    tp, fp, fn = sweep(np.sum(histograms, axis=0))
+    level = int(round(threshold * LEVELS))
+    return Counts(int(tp[level]), int(fp[level]), int(fn[level]))
+
+
 def ods(histograms: list[np.ndarray]) -> tuple[float, float, Counts]:
     """Optimal dataset scale: the one threshold whose counts, pooled over every photo, give the
     best F1. Returns ``(f1, threshold, pooled counts)``."""
@@ -136,6 +143,19 @@ def ods(histograms: list[np.ndarray]) -> tuple[float, float, Counts]:
     best = int(np.argmax(sweep_f1(tp, fp, fn)))
     counts = Counts(int(tp[best]), int(fp[best]), int(fn[best]))
     return counts.dice, float(THRESHOLDS[best]), counts
+
+
+def dataset_mean(histograms_by_dataset: list[list[np.ndarray]]) -> tuple[float, float]:
+    """The threshold whose F1, taken over each dataset's pooled counts and then averaged over the
+    datasets, is best: every dataset weighs the same, whatever its photos' pixel count (pooled
+    counts let a few large photos choose). Equals ``ods`` for one dataset. Returns
+    ``(mean f1, threshold)``."""
+    curves = [sweep_f1(*sweep(np.sum(histograms, axis=0))) for histograms in histograms_by_dataset if len(histograms)]
+    if not curves:
+        raise ValueError("dataset_mean needs at least one dataset with photos")
+    mean_f1 = np.mean(curves, axis=0)
+    best = int(np.argmax(mean_f1))
+    return float(mean_f1[best]), float(THRESHOLDS[best])
 
 
 def ois(histograms: list[np.ndarray]) -> tuple[float, list[float]]:

@@ -87,6 +87,8 @@ def check_inference_options(cfg: DictConfig) -> None:
         _fail("device", cfg.device, "must be auto, cpu, cuda or cuda:N")
     if "save_threshold" in cfg and not (isinstance(cfg.save_threshold, bool) or cfg.save_threshold == "replace"):
         _fail("save_threshold", cfg.save_threshold, "must be true, false or replace")
+    if "threshold_rule" in cfg:
+        _choice("threshold_rule", cfg.threshold_rule, ("dataset_mean", "pooled"))
     if "tolerance" in cfg:
         _number("tolerance", cfg.tolerance, 0)
     if "min_crack_length_px" in cfg:

@@ -9,7 +9,9 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from crackseg.data.folder import split_pairs
 from crackseg.tasks.evaluate import evaluate
@@ -95,8 +97,8 @@ def test_val_evaluation_stores_the_ods_threshold_for_prediction(red_checkpoint, 
     # a val evaluation at other scales adds their threshold and keeps the first
     ms = evaluate(_cfg(ckpt, root, tmp_path / "ms_val", "data.split=val", "scales=[1,2]"))
     assert read_thresholds(ckpt) == {
-        "1": stored, "1,2": {"threshold": ms["ods_threshold"], "scales": [1.0, 2.0], "ods": ms["ods"],
-                             "split": ms["split"], "photos": 2}}
+        "1": stored, "1,2": {"threshold": ms["ods_threshold"], "scales": [1.0, 2.0], "rule": "dataset_mean",
+                             "dice": ms["chosen"]["dice"], "ods": ms["ods"], "split": ms["split"], "photos": 2}}
     assert resolve_threshold(ckpt, trained, None, [1, 2]) == ms["ods_threshold"]
     assert resolve_threshold(ckpt, trained, 0.25, [1, 2]) == 0.25
 
@@ -155,6 +157,38 @@ def test_several_datasets_are_evaluated_together_and_each_on_its_own(red_checkpo
         assert f1.max() == pytest.approx(result["sources"][name]["ods"], abs=1e-4)
     rows = list(csv.DictReader((tmp_path / "run" / "per_photo.csv").open()))
     assert [r["source"] for r in rows] == ["a", "a", "b", "b", "b"]
+
+
+class RedIsProbability(torch.nn.Module):
+    """Crack probability = the red channel (input in [0, 1])."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.logit(x[:, :1].clamp(1e-6, 1 - 1e-6))
+
+
+@pytest.mark.parametrize("rule, threshold", [("dataset_mean", 27 / 256), ("pooled", 129 / 256)])
+def test_the_threshold_rule_chooses_the_stored_threshold(tmp_path, rule, threshold):
+    ckpt = tmp_path / "graded.ckpt"
+    net_config = OmegaConf.to_yaml({"_target_": "tests.test_evaluate.RedIsProbability"})
+    torch.save({"state_dict": {}, "hyper_parameters": {"net_config": net_config, "mean": [0, 0, 0], "std": [1, 1, 1],
+                                                         "threshold": 0.5, "channels_last": False}}, ckpt)
+    # large: half crack at 0.90, half background at 0.50; small: one crack column at 0.30 on background at 0.10.
+    # Pooled counts follow the large one (best above 0.50, missing the faint column); each dataset
+    # weighing the same, both are best in (0.10, 0.30]
+    truth = np.zeros((32, 40), bool)
+    for name, crack, background, rows in (("large", 230, 128, slice(0, 16)), ("small", 77, 26, slice(0, 32))):
+        mask = truth.copy()
+        mask[rows, : 40 if name == "large" else 1] = True
+        photo = np.zeros((32, 40, 3), np.uint8)
+        photo[..., 0] = np.where(mask, crack, background)
+        write_image(tmp_path / name / "images" / "val" / "a.png", photo)
+        write_image(tmp_path / name / "masks" / "val" / "a.png", mask.astype(np.uint8) * 255)
+    sources = f"+data.sources={{large: {{root: '{tmp_path / 'large'}'}}, small: {{root: '{tmp_path / 'small'}'}}}}"
+    result = evaluate(_cfg(ckpt, tmp_path / "large", tmp_path / "run", "data.root=null", sources, f"threshold_rule={rule}"))
+    assert result["ods_threshold"] == 129 / 256 and result["chosen"]["threshold"] == threshold
+    expected = metrics.Counts(640 + 32, 640, 0) if rule == "dataset_mean" else metrics.Counts(640, 0, 32)
+    assert result["chosen"]["dice"] == pytest.approx(expected.dice, abs=1e-4)
+    assert read_thresholds(ckpt)["1"]["threshold"] == threshold and read_thresholds(ckpt)["1"]["rule"] == rule
 
 
 def test_threshold_files_of_the_older_one_threshold_layout_still_apply(tmp_path):

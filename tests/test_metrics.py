@@ -76,6 +76,19 @@ def test_ods_is_the_best_pooled_threshold():
     assert threshold == 52 / 256  # the lowest grid threshold above 0.2
 
 
+def test_dataset_mean_weighs_each_dataset_the_same_where_pooled_counts_follow_the_largest():
+    large = [metrics.level_histograms(np.array([0.9] * 10 + [0.5] * 10, np.float32), np.arange(20) < 10)]
+    small = [metrics.level_histograms(np.array([0.3, 0.1], np.float32), np.array([True, False]))]
+    # pooled: above 0.5 tp 10, fn 1 -> 20/21, best from 129/256 up; per dataset, at (0.1, 0.3]
+    # large 20/30 and small 1, mean 5/6, better than above 0.5 (large 1, small 0)
+    assert metrics.ods(large + small)[:2] == (pytest.approx(20 / 21), 129 / 256)
+    assert metrics.dataset_mean([large, small]) == (pytest.approx(5 / 6), 26 / 256)
+    assert metrics.dataset_mean([_toy_set()]) == metrics.ods(_toy_set())[:2]
+    assert metrics.dataset_mean([large, []]) == metrics.dataset_mean([large])  # a dataset without photos has no say
+    with pytest.raises(ValueError, match="at least one dataset"):
+        metrics.dataset_mean([[]])
+
+
 def test_ois_pools_each_photos_best_threshold():
     f1, thresholds = metrics.ois(_toy_set())
     # photo 1 at (0.4, 0.6]: tp 2; photo 2 at (0.2, 0.3]: tp 1, fp 1; photo 3 above 0.7: nothing

@@ -28,7 +28,8 @@ def _data_name(data: DictConfig) -> str:
     return data.root if data.get("sources") is None else "+".join(data.sources)
 
 
-def _plot_pr_curve(path: Path, precision: np.ndarray, recall: np.ndarray, ods_point: tuple[float, float], title: str) -> None:
+def _plot_pr_curve(path: Path, precision: np.ndarray, recall: np.ndarray, points: dict[str, int], title: str) -> None:
+    """The pooled PR curve with the named thresholds (levels) marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,7 +37,8 @@ def _plot_pr_curve(path: Path, precision: np.ndarray, recall: np.ndarray, ods_po
 
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     ax.plot(recall, precision, lw=2)
-    ax.plot(*ods_point, "o", color="red", label="ODS")
+    for (label, level), colour in zip(points.items(), ("red", "black")):
+        ax.plot(recall[level], precision[level], "o", color=colour, label=f"{label} ({level / metrics.LEVELS:.3f})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01), title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
@@ -101,6 +103,12 @@ def evaluate(cfg: DictConfig) -> dict:
     }
     if distractor_mp:
         result["distractor_fp_px_per_mp"] = distractor_fp / distractor_mp
+    chosen_f1, chosen_threshold = ((ods_f1, ods_threshold) if cfg.threshold_rule == "pooled"
+                                   else metrics.dataset_mean(list(source_histograms.values())))
+    chosen = metrics.counts_at(histograms, chosen_threshold)
+    result["chosen"] = {"rule": cfg.threshold_rule, "threshold": chosen_threshold, "score": round(chosen_f1, 4),
+                        "dice": round(chosen.dice, 4), "precision": round(chosen.precision, 4),
+                        "recall": round(chosen.recall, 4)}
     source_curves = {}  # each dataset's PR curve, for threshold choices other than the pooled one
     if len(by_source) > 1:  # each dataset at the threshold used, and at its own best (ODS)
         result["sources"] = {}
@@ -125,14 +133,18 @@ def evaluate(cfg: DictConfig) -> dict:
     atomic_write_bytes(output / "report.json", json.dumps(report, indent=1).encode())
     write_csv(output / "per_photo.csv", PHOTO_FIELDS,
               ({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows))
-    ods_index = int(round(ods_threshold * metrics.LEVELS))
     _plot_pr_curve(output / "pr_curve.png", precision_curve, recall_curve,
-                   (recall_curve[ods_index], precision_curve[ods_index]), f"{Path(_data_name(cfg.data)).name} {cfg.data.split}")
+                   {"ODS": int(round(ods_threshold * metrics.LEVELS)),
+                    cfg.threshold_rule: int(round(chosen_threshold * metrics.LEVELS))},
+                   f"{Path(_data_name(cfg.data)).name} {cfg.data.split}")
+    log.info("threshold rule %s chooses %.4f (pooled Dice there %.4f; pooled ODS %.4f at %.4f)", cfg.threshold_rule,
+             chosen_threshold, chosen.dice, result["ods"], ods_threshold)
     if cfg.save_threshold and cfg.data.split == cfg.data.val_split:
-        path = write_threshold(cfg.ckpt, ods_threshold, cfg.scales,
-                               {"ods": result["ods"], "split": result["split"], "photos": len(rows)},
+        path = write_threshold(cfg.ckpt, chosen_threshold, cfg.scales,
+                               {"rule": cfg.threshold_rule, "dice": result["chosen"]["dice"], "ods": result["ods"],
+                                "split": result["split"], "photos": len(rows)},
                                replace=cfg.save_threshold == "replace")
         if path:
-            log.info("stored the ODS threshold %.4f for predict.py and later evaluations: %s", ods_threshold, path)
+            log.info("stored the threshold %.4f for predict.py and later evaluations: %s", chosen_threshold, path)
     log.info("report: %s", output / "report.json")
     return result
