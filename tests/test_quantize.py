@@ -53,6 +53,16 @@ def test_int8_export_calibrates_beside_the_checkpoint_and_predicts_close_to_fp32
     assert np.abs(result - expected).mean() < 0.02
 
 
+def test_an_fp16_export_keeps_the_int8_calibration(int8_setup, tmp_path, monkeypatch):
+    ckpt, _ = int8_setup
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        slim = export(compose("export", overrides=[f"ckpt={ckpt}", "format=fp16", f"out={tmp_path / 'slim.ckpt'}"]))
+    assert calibration_path(slim).read_bytes() == calibration_path(ckpt).read_bytes()
+    monkeypatch.setattr(backends, "cpu_has_vnni", lambda: True)
+    model = load_for_prediction(slim, precision="auto", onnx_cache=tmp_path / "cache")
+    assert isinstance(model, OnnxModel) and model.precision == "int8"
+
+
 def test_prediction_rebuilds_the_exported_int8_model_from_the_calibration(int8_setup, tmp_path, monkeypatch):
     ckpt, exported = int8_setup
     cache = tmp_path / "cache"

@@ -22,7 +22,8 @@ DEFAULT_SCALES = (1, 2, 0.5)  # prediction's default scales: the threshold logge
 
 def export(cfg: DictConfig) -> Path:
     """Export the checkpoint ``cfg.ckpt`` to ``cfg.out`` (default beside it: ``<ckpt stem>.onnx``,
-    ``<ckpt stem>.fp16.ckpt`` for ``format=fp16``, the net's weights alone in half precision, or
+    ``<ckpt stem>.fp16.ckpt`` for ``format=fp16``, the net's weights alone in half precision (with
+    the checkpoint's int8 calibration, if any), or
     ``<ckpt stem>.int8.onnx`` for ``format=int8``, calibrated on train tiles of ``cfg.data``; its
     calibration is also stored beside the checkpoint, where precision=auto|int8 finds it).
     The thresholds chosen on validation go with it (``<out stem>.threshold.json``, and in an ONNX
@@ -41,6 +42,7 @@ def export(cfg: DictConfig) -> Path:
         _export_int8(cfg, model, out, thresholds)
     else:
         save_slim_checkpoint(model, out)
+        _copy_calibration(Path(cfg.ckpt), out)
     if chosen and threshold_path(out).resolve() != threshold_path(cfg.ckpt).resolve():
         atomic_write_bytes(threshold_path(out), threshold_path(cfg.ckpt).read_bytes())
         log.info("thresholds chosen on validation (scales %s) -> %s", ", ".join(f"[{k}]" for k in chosen),
@@ -49,6 +51,17 @@ def export(cfg: DictConfig) -> Path:
     log.info("exported %s -> %s (threshold %.3f at scales %s, tile %d)", cfg.ckpt, out,
              chosen[default]["threshold"] if default else model.threshold, list(DEFAULT_SCALES), model.tile)
     return out
+
+
+def _copy_calibration(ckpt: Path, out: Path) -> None:
+    """An fp16 checkpoint keeps the int8 calibration of its source (activation ranges move by
+    fp16 rounding only), so precision=auto still runs it in int8 where the CPU has VNNI."""
+    from crackseg.inference.quantize import calibration_path
+
+    source, target = calibration_path(ckpt), calibration_path(out)
+    if source.is_file() and source.resolve() != target.resolve():
+        atomic_write_bytes(target, source.read_bytes())
+        log.info("int8 calibration -> %s", target)
 
 
 def _export_int8(cfg: DictConfig, model, out: Path, thresholds: dict[str, float]) -> None:
