@@ -51,7 +51,7 @@ def test_bad_folders_raise_clear_errors(tmp_path):
 
 
 def test_sources_complete_their_settings_and_hold_out_test_photos(tmp_path):
-    _write(tmp_path / "a", "train", ["x1", "x2", "shared"])
+    _write(tmp_path / "a", "train", ["x1", "x2", "x3", "x4", "x5", "shared"])
     _write(tmp_path / "a", "test", ["shared", "t1"])
     _write(tmp_path / "b", "train", ["y1"])
     _write(tmp_path / "b", "val", ["y2"])
@@ -60,10 +60,18 @@ def test_sources_complete_their_settings_and_hold_out_test_photos(tmp_path):
     sources = data_sources(data)
     assert list(sources) == ["a", "b"] and sources["b"]["weight"] == 2 and sources["a"]["weight"] == 1.0
     assert sources["a"]["val_fraction"] == 0.4 and sources["b"]["holdout_split"] is None
-    train, val = source_splits(sources["a"])  # val is carved first, then test photos leave train
-    carved_train, carved_val = find_splits(tmp_path / "a", val_fraction=0.4, seed=0)
-    assert val == carved_val and train == [pair for pair in carved_train if pair[0].stem != "shared"]
+    carved_val_held_out = 0
+    for seed in range(8):  # val is carved first, then test photos leave train and val
+        train, val = source_splits({**sources["a"], "split_seed": seed})
+        carved_train, carved_val = find_splits(tmp_path / "a", val_fraction=0.4, seed=seed)
+        assert train == [pair for pair in carved_train if pair[0].stem != "shared"]
+        assert val == [pair for pair in carved_val if pair[0].stem != "shared"]
+        carved_val_held_out += "shared" in {p.stem for p, _ in carved_val}
+    assert carved_val_held_out  # some seeds carve the test photo into val
     assert [p.stem for p, _ in source_splits(sources["b"])[1]] == ["y2"]
+    fold = next(k for k in range(6) if find_splits(tmp_path / "a", seed=0, fold=(k, 6))[1][0][0].stem == "shared")
+    with pytest.raises(ValueError, match=r"every val photo of .*a is also in its test split"):
+        source_splits({**sources["a"], "val_fold": [fold, 6]})
     assert list(data_sources(OmegaConf.create({"root": str(tmp_path / "b")}))) == ["data"]
     with pytest.raises(ValueError, match="source 'c' needs a root"):
         data_sources(OmegaConf.create({"sources": {"c": {"weight": 1}}}))

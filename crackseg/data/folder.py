@@ -121,15 +121,20 @@ def data_sources(data) -> dict[str, dict]:
 
 
 def source_splits(source: dict) -> tuple[list[Pair], list[Pair]]:
-    """``(train, val)`` pairs of one dataset's settings (:func:`data_sources`); train photos whose
-    stem is also in the ``holdout_split`` folder are left out, then at most ``train_photos`` of
-    the rest are kept (drawn with ``split_seed``)."""
+    """``(train, val)`` pairs of one dataset's settings (:func:`data_sources`); photos whose stem
+    is also in the ``holdout_split`` folder are left out of both (after the val carve, so a
+    carve that took none of them is the same with or without it), then at most ``train_photos``
+    of the train ones are kept (drawn with ``split_seed``)."""
     train, val = find_splits(source["root"], source["train_split"], source["val_split"], source["val_fraction"],
                              source["split_seed"], source["val_fold"])
     if source["holdout_split"]:
         root, split = Path(source["root"]), source["holdout_split"]
         held_out = {p.stem for p, _ in match_pairs(root / "images" / split, root / "masks" / split)}
         train = [(p, m) for p, m in train if p.stem not in held_out]
+        val = [(p, m) for p, m in val if p.stem not in held_out]
+        if not val:
+            raise OptionError(f"every val photo of {root} is also in its {split} split (holdout_split): "
+                              "choose another split_seed or val_fold")
     limit = source["train_photos"]
     if limit is not None:
         if limit < 1:
