@@ -72,6 +72,11 @@ def test_sources_complete_their_settings_and_hold_out_test_photos(tmp_path):
     fold = next(k for k in range(6) if find_splits(tmp_path / "a", seed=0, fold=(k, 6))[1][0][0].stem == "shared")
     with pytest.raises(ValueError, match=r"every val photo of .*a is also in its test split"):
         source_splits({**sources["a"], "val_fold": [fold, 6]})
+    _write(tmp_path / "c", "train", ["t1", "t2"])
+    _write(tmp_path / "c", "val", ["v1"])
+    _write(tmp_path / "c", "test", ["t1", "t2"])
+    with pytest.raises(ValueError, match=r"every train photo of .*c is also in its test split"):
+        source_splits({**sources["a"], "root": str(tmp_path / "c")})
     assert list(data_sources(OmegaConf.create({"root": str(tmp_path / "b")}))) == ["data"]
     with pytest.raises(ValueError, match="source 'c' needs a root"):
         data_sources(OmegaConf.create({"sources": {"c": {"weight": 1}}}))

@@ -72,6 +72,23 @@ def test_sampler_draws_the_crack_fraction_and_fresh_tiles_each_epoch():
     assert len(list(only_background)) == 8
 
 
+def test_a_resumed_fit_draws_its_epoch_when_the_loader_is_made(tiny_dataset, tmp_path):
+    """Lightning makes the train iterator (workers prefetch their first batches) before it sets
+    the sampler's epoch; on resume it is not made again, so the loader must start at the epoch."""
+    from types import SimpleNamespace
+
+    from crackseg.data.datamodule import CrackDataModule
+
+    datamodule = CrackDataModule(str(tiny_dataset), cache_dir=str(tmp_path), tile=64, num_workers=0)
+    datamodule.setup()
+    uninterrupted = datamodule.train_dataloader().sampler
+    first_epoch = list(uninterrupted)
+    uninterrupted.set_epoch(3)
+    datamodule.trainer = SimpleNamespace(current_epoch=3, global_rank=0, world_size=1)
+    resumed = datamodule.train_dataloader().sampler
+    assert resumed is not uninterrupted and list(resumed) == list(uninterrupted) != first_epoch
+
+
 def test_sampler_shares_each_class_between_groups_by_weight():
     crack = np.zeros(1000, bool)
     crack[::10] = True  # 100 crack tiles

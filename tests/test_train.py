@@ -12,7 +12,7 @@ from tests.conftest import ROOT, SHARED_DATA, TINY_MODEL, needs_shared, train_cf
 def test_one_epoch_writes_checkpoints_tensorboard_and_summary(tmp_path, tiny_dataset):
     cfg = _train_cfg(
         tmp_path, "data=folder", f"data.root={tiny_dataset}", "data.tile=64", "data.tiles_per_epoch=16",
-        "data.batch_size=4", "trainer.max_epochs=2",
+        "data.batch_size=4", "trainer.max_epochs=2", "trainer.accumulate_grad_batches=2",
     )
     best = train(cfg)
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -147,6 +147,8 @@ class CrackDataModule(pl.LightningDataModule):
             self.train_index.crack, hp.tiles_per_epoch, hp.crack_fraction, hp.sampler_seed, rank, world_size,
             groups=self.tile_sources, group_weights=[float(s["weight"]) for s in data_sources(hp).values()],
         )
+        if self.trainer:  # a resumed fit's first epoch is drawn here (worker prefetch), before Lightning's set_epoch
+            self.sampler.set_epoch(self.trainer.current_epoch)
         return DataLoader(
             TileDataset(self.train_pairs, self.train_index, self.augment, hp.scale_range),
             batch_size=hp.batch_size,

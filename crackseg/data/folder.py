@@ -132,9 +132,10 @@ def source_splits(source: dict) -> tuple[list[Pair], list[Pair]]:
         held_out = {p.stem for p, _ in match_pairs(root / "images" / split, root / "masks" / split)}
         train = [(p, m) for p, m in train if p.stem not in held_out]
         val = [(p, m) for p, m in val if p.stem not in held_out]
-        if not val:
-            raise OptionError(f"every val photo of {root} is also in its {split} split (holdout_split): "
-                              "choose another split_seed or val_fold")
+        for name, kept in (("train", train), ("val", val)):
+            if not kept:
+                raise OptionError(f"every {name} photo of {root} is also in its {split} split (holdout_split)"
+                                  + (": choose another split_seed or val_fold" if name == "val" else ""))
     limit = source["train_photos"]
     if limit is not None:
         if limit < 1:

@@ -92,7 +92,8 @@ def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> float:
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "epochs": trainer.current_epoch,
         "train_seconds": round(seconds, 1),
-        "train_tiles": trainer.global_step * cfg.data.batch_size * trainer.world_size,
+        # since the first epoch (a resumed fit's too); a step is accumulate_grad_batches batches
+        "train_tiles": trainer.global_step * trainer.accumulate_grad_batches * cfg.data.batch_size * trainer.world_size,
         "world_size": trainer.world_size,
     }
     if trainer.is_global_zero:
