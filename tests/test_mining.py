@@ -36,7 +36,7 @@ def test_callback_keeps_the_worst_background_tiles_by_their_latest_score():
     crack = _labels()
     sampler = BalancedTileSampler(crack, num_samples=40)
     datamodule = SimpleNamespace(is_crack_tile=lambda tile: bool(crack[tile]), draw_hard_negatives=sampler.set_hard_negatives)
-    trainer = SimpleNamespace(datamodule=datamodule)
+    trainer = SimpleNamespace(datamodule=datamodule, world_size=1)
     mining = HardNegativeMining(fraction=0.5, pool=2, min_pixels=10)
     for tiles, false_px in (([5, 300, 400, 500], [99, 50, 5, 20]), ([500, 600], [0, 30])):
         mining.on_train_batch_end(trainer, Mock(), {"false_crack_px": torch.tensor(false_px)},
@@ -47,6 +47,27 @@ def test_callback_keeps_the_worst_background_tiles_by_their_latest_score():
     restored = HardNegativeMining()
     restored.load_state_dict(mining.state_dict())
     assert restored.false_crack_px == mining.false_crack_px
+
+
+def test_every_rank_passes_the_same_hard_tiles_to_its_sampler(monkeypatch):
+    """The sampler draws one epoch for all ranks and gives each a share: the hard tiles must agree."""
+    import crackseg.data.mining as mining_module
+
+    crack = _labels()
+    ranks = []
+    for _ in range(2):
+        sampler = BalancedTileSampler(crack, num_samples=40)
+        datamodule = SimpleNamespace(is_crack_tile=lambda tile: bool(crack[tile]), draw_hard_negatives=sampler.set_hard_negatives)
+        ranks.append((SimpleNamespace(datamodule=datamodule, world_size=2), HardNegativeMining(pool=3, min_pixels=10), sampler))
+    for (trainer, mining, _), (tiles, false_px) in zip(ranks, (([300, 400], [50, 40]), ([400, 600], [60, 20]))):
+        mining.on_train_batch_end(trainer, Mock(), {"false_crack_px": torch.tensor(false_px)}, {"tile": torch.tensor(tiles)}, 0)
+    gathered = [dict(m.this_epoch) for _, m, _ in ranks]  # what all_gather_object hands every rank
+    monkeypatch.setattr(mining_module, "_every_rank", lambda trainer, views: gathered)
+    for trainer, mining, _ in ranks:
+        mining.on_train_epoch_start(trainer, Mock())
+    # both ranks: 400 at its worse view (60), then 300 and 600
+    assert ranks[0][2].hard_ids.tolist() == ranks[1][2].hard_ids.tolist() == [400, 300, 600]
+    assert ranks[0][1].false_crack_px == ranks[1][1].false_crack_px == {300: 50, 400: 60, 600: 20}
 
 
 def test_training_with_hard_negative_mining(tmp_path, tiny_dataset):

@@ -138,6 +138,8 @@ def test_two_process_ddp_splits_tiles_and_photos_and_syncs_metrics(tmp_path):
         tmp_path, "trainer=ddp", "trainer.devices=2", f"hydra.run.dir={run}", "trainer.max_epochs=2",
         "data.synthetic.n=10", "data.tile=64", f"data.tiles_per_epoch={tiles_per_epoch}", *TINY_SYNTHETIC,
         "+callbacks.probe._target_=tests.test_workflow.RankProbe", f"+callbacks.probe.folder={run}",
+        # the mining callback gathers every rank's views (none hard here, so the draws stay the plain ones)
+        "callbacks=hard_negatives", "callbacks.hard_negative_mining.min_pixels=100000",
     ))
     probes = [json.loads((run / f"probe_rank{rank}.json").read_text()) for rank in (0, 1)]
     assert probes[0]["sampler"] == probes[1]["sampler"] == "BalancedTileSampler"  # not wrapped by Lightning

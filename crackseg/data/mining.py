@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 
 
 class HardNegativeMining(pl.Callback):
@@ -23,23 +24,40 @@ class HardNegativeMining(pl.Callback):
         if not 0 <= fraction <= 1:
             raise ValueError(f"fraction must be in [0, 1], got {fraction}")
         self.fraction, self.pool, self.min_pixels = fraction, pool, min_pixels
-        self.false_crack_px: dict[int, int] = {}
+        self.false_crack_px: dict[int, int] = {}  # every rank's views, merged at each epoch start
+        self.this_epoch: dict[int, int] = {}  # this rank's views since then
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: dict,
                            batch_idx: int) -> None:
         for tile, pixels in zip(batch["tile"].tolist(), outputs["false_crack_px"].tolist()):
             if not trainer.datamodule.is_crack_tile(tile):
-                self.false_crack_px[tile] = pixels  # the latest view: a tile the model has learnt drops out
+                self.this_epoch[tile] = pixels  # the latest view: a tile the model has learnt drops out
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # every rank must pass the same hard tiles: the sampler draws one epoch and gives each rank a share
+        merged: dict[int, int] = {}
+        for views in _every_rank(trainer, self.this_epoch):
+            for tile, pixels in views.items():  # a tile two ranks drew this epoch: the worse view
+                merged[tile] = max(pixels, merged.get(tile, pixels))
+        self.false_crack_px.update(merged)
+        self.this_epoch = {}
         hard = sorted((t for t, px in self.false_crack_px.items() if px >= self.min_pixels),
                       key=self.false_crack_px.get, reverse=True)[: self.pool]
         trainer.datamodule.draw_hard_negatives(hard, self.fraction)
         pl_module.log("train/hard_negatives", float(len(hard)))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"false_crack_px": self.false_crack_px}
+        return {"false_crack_px": {**self.false_crack_px, **self.this_epoch}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.false_crack_px = dict(state_dict["false_crack_px"])
+        self.false_crack_px, self.this_epoch = dict(state_dict["false_crack_px"]), {}
+
+
+def _every_rank(trainer: pl.Trainer, views: dict[int, int]) -> list[dict[int, int]]:
+    """``views`` of every rank, in rank order (this rank's alone outside distributed training)."""
+    if getattr(trainer, "world_size", 1) == 1:
+        return [views]
+    gathered: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(gathered, views)
+    return gathered
 
