@@ -148,11 +148,14 @@ def ods(histograms: list[np.ndarray]) -> tuple[float, float, Counts]:
 def dataset_mean(histograms_by_dataset: list[list[np.ndarray]]) -> tuple[float, float]:
     """The threshold whose F1, taken over each dataset's pooled counts and then averaged over the
     datasets, is best: every dataset weighs the same, whatever its photos' pixel count (pooled
-    counts let a few large photos choose). Equals ``ods`` for one dataset. Returns
-    ``(mean f1, threshold)``."""
-    curves = [sweep_f1(*sweep(np.sum(histograms, axis=0))) for histograms in histograms_by_dataset if len(histograms)]
-    if not curves:
+    counts let a few large photos choose). Equals ``ods`` for one dataset. A dataset without
+    crack pixels has no say (its F1 is 0 until nothing at all is predicted) unless no dataset has
+    any. Returns ``(mean f1, threshold)``."""
+    pooled = [np.sum(histograms, axis=0) for histograms in histograms_by_dataset if len(histograms)]
+    if not pooled:
         raise ValueError("dataset_mean needs at least one dataset with photos")
+    pooled = [h for h in pooled if h[0].sum()] or pooled
+    curves = [sweep_f1(*sweep(h)) for h in pooled]
     mean_f1 = np.mean(curves, axis=0)
     best = int(np.argmax(mean_f1))
     return float(mean_f1[best]), float(THRESHOLDS[best])
@@ -174,7 +177,9 @@ def ois(histograms: list[np.ndarray]) -> tuple[float, list[float]]:
 
 
 def precision_recall_curve(histograms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled precision and recall at every threshold of ``THRESHOLDS``."""
+    """Pooled precision and recall at every threshold of ``THRESHOLDS``; where nothing is
+    predicted precision is 1 (a PR curve's usual end point; ``Counts.precision`` says 0 when
+    cracks were missed there)."""
     tp, fp, fn = sweep(np.sum(histograms, axis=0))
     precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
     recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 1.0)

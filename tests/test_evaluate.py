@@ -205,6 +205,10 @@ def test_thresholds_belong_to_a_set_of_scales_in_any_order(tmp_path):
     write_threshold(model, 0.38, [1, 2, 0.5], {"split": "val"})
     assert resolve_threshold(model, 0.5, None, [0.5, 1, 2]) == resolve_threshold(model, 0.5, None, [2, 0.5, 1]) == 0.38
     assert resolve_threshold(model, 0.5, None, [1, 2]) == resolve_threshold(model, 0.5, None, [1, 1, 2, 0.5]) == 0.5
+    write_threshold(model, 0.33, [1, 3, 1 / 3], {"split": "val"})  # keys keep 6 digits: 0.333333
+    assert resolve_threshold(model, 0.5, None, [1 / 3, 1, 3]) == 0.33
+    threshold_path(model).unlink()
+    write_threshold(model, 0.38, [1, 2, 0.5], {"split": "val"})
     write_threshold(model, 0.4, [2, 1, 0.5], {"split": "val"})  # the same set: replaces, one entry
     assert read_thresholds(model) == {"1,2,0.5": {"threshold": 0.4, "scales": [2.0, 1.0, 0.5], "split": "val"}}
     threshold_path(model).write_text(json.dumps({"by_scales": {"one,two": {"threshold": 0.4}}}))
@@ -218,9 +222,12 @@ def test_a_threshold_chosen_on_other_data_is_kept_unless_replaced(tmp_path, capl
     assert write_threshold(model, 0.38, [1], {"split": "general:val"}) == threshold_path(model)
     with caplog.at_level(logging.WARNING, logger="crackseg.models.thresholds"):
         assert write_threshold(model, 0.9, [1, 2, 0.5], {"split": "synthetic:val"}) is None
-    assert "kept the threshold 0.3800 chosen on general:val at scales [1,2,0.5]" in caplog.text
+    assert "kept the threshold 0.3800 chosen on general:val (rule pooled) at scales [1,2,0.5]" in caplog.text
     assert resolve_threshold(model, 0.5, None, [1, 2, 0.5]) == 0.38
     write_threshold(model, 0.4, [1, 2, 0.5], {"split": "general:val"})  # the same data again: replaced
     assert resolve_threshold(model, 0.5, None, [1, 2, 0.5]) == 0.4
     write_threshold(model, 0.9, [1, 2, 0.5], {"split": "synthetic:val"}, replace=True)
     assert read_thresholds(model)["1,2,0.5"]["threshold"] == 0.9 and read_thresholds(model)["1"]["threshold"] == 0.38
+    # the same data chosen by another rule is kept too (an entry without a rule was chosen by pooled)
+    assert write_threshold(model, 0.3, [1], {"split": "general:val", "rule": "dataset_mean"}) is None
+    assert write_threshold(model, 0.3, [1], {"split": "general:val", "rule": "pooled"}) == threshold_path(model)

@@ -17,7 +17,7 @@ from crackseg.inference.onnx import OnnxModel
 from crackseg.inference.backends import load_for_prediction
 from crackseg.inference.predictor import Predictor
 from crackseg.models.checkpoints import CheckpointError, load_model
-from crackseg.models.thresholds import resolve_threshold, write_threshold
+from crackseg.models.thresholds import resolve_threshold, threshold_path, write_threshold
 from crackseg.io import write_image
 from crackseg.models.nets import CrackSegNet
 from crackseg.tasks.predict import predict
@@ -148,6 +148,29 @@ def test_exports_carry_the_thresholds_chosen_on_validation(checkpoint, tmp_path)
     assert session.threshold == 0.5 and session.thresholds == {"1,2,0.5": 0.61, "1": 0.42}
     for scales, expected in [([1, 2, 0.5], 0.61), ([0.5, 2, 1], 0.61), ([1], 0.42), ([0.5], 0.5)]:
         assert resolve_threshold(alone, session.threshold, None, scales, session.thresholds) == expected
+    # a file beside it for one scale set (say val evaluated at [1]) leaves the others' embedded ones
+    write_threshold(alone, 0.3, [1], {"split": "val"})
+    assert resolve_threshold(alone, session.threshold, None, [1], session.thresholds) == 0.3
+    assert resolve_threshold(alone, session.threshold, None, [1, 2, 0.5], session.thresholds) == 0.61
+
+    # a checkpoint without chosen thresholds exported to the same names: the earlier export's go
+    plain = tmp_path / "plain.ckpt"
+    plain.write_bytes(checkpoint.read_bytes())
+    for fmt, name in [("fp16", "out/slim.ckpt"), ("onnx", "out/m.onnx")]:
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            out = export(compose("export", overrides=[f"ckpt={plain}", f"format={fmt}", f"out={tmp_path / name}"]))
+        assert not threshold_path(out).exists() and resolve_threshold(out, 0.5, None, [1, 2, 0.5]) == 0.5
+
+
+def test_a_threshold_file_of_the_older_layout_exports(checkpoint, tmp_path):
+    ckpt = tmp_path / "m.ckpt"
+    ckpt.write_bytes(checkpoint.read_bytes())
+    threshold_path(ckpt).write_text(json.dumps({"threshold": 0.4}))  # no scales recorded: any scales
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        out = export(compose("export", overrides=[f"ckpt={ckpt}", f"out={tmp_path / 'alone.onnx'}"]))
+    threshold_path(out).unlink()
+    session = OnnxModel(out)
+    assert session.thresholds == {"*": 0.4} and resolve_threshold(out, 0.5, None, [1], session.thresholds) == 0.4
 
 
 def test_bad_onnx_files_and_backends_raise_clear_errors(checkpoint, tmp_path):

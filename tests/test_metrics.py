@@ -85,6 +85,10 @@ def test_dataset_mean_weighs_each_dataset_the_same_where_pooled_counts_follow_th
     assert metrics.dataset_mean([large, small]) == (pytest.approx(5 / 6), 26 / 256)
     assert metrics.dataset_mean([_toy_set()]) == metrics.ods(_toy_set())[:2]
     assert metrics.dataset_mean([large, []]) == metrics.dataset_mean([large])  # a dataset without photos has no say
+    no_cracks = [metrics.level_histograms(np.array([0.9, 0.2], np.float32), np.zeros(2, bool))]
+    # nor one without cracks: predicting nothing (above 0.9) would score it 1 and the toy set 0
+    assert metrics.dataset_mean([_toy_set(), no_cracks]) == metrics.ods(_toy_set())[:2]
+    assert metrics.dataset_mean([no_cracks]) == metrics.ods(no_cracks)[:2]
     with pytest.raises(ValueError, match="at least one dataset"):
         metrics.dataset_mean([[]])
 

@@ -20,7 +20,7 @@ import torch
 from crackseg.io import atomic_write_bytes
 from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.models.nets import CrackSegNet
-from crackseg.models.thresholds import key_scales
+from crackseg.models.thresholds import ANY_SCALES, key_scales
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def export_onnx(model: CrackSegNet, path: str | Path, opset: int = 18, atol: flo
     onnx.helper.set_model_props(proto, {THRESHOLD_KEY: repr(float(model.threshold)), TILE_KEY: str(tile),
                                         **({THRESHOLDS_KEY: json.dumps(thresholds)} if thresholds else {})})
     data = proto.SerializeToString()
-    check = example[:1, :, : tile - 3, : tile + 5]  # another batch, height and width
+    check = torch.rand(1, 3, tile - 3, tile + 5, generator=torch.Generator().manual_seed(1)) * 255  # another batch, height and width
     with torch.no_grad():
         expected = model(check).numpy()
     error = float(np.abs(OnnxModel.from_bytes(data, path).run(check.numpy()) - expected).max())
@@ -105,7 +105,8 @@ class OnnxModel:
         try:
             self.thresholds = {str(k): float(t) for k, t in json.loads(meta.get(THRESHOLDS_KEY, "{}")).items()}
             for key in self.thresholds:
-                key_scales(key)
+                if key != ANY_SCALES:  # an older threshold file's one threshold, for any scales
+                    key_scales(key)
         except (ValueError, TypeError, AttributeError) as err:
             raise CheckpointError(f"unreadable {THRESHOLDS_KEY} metadata in {path}: {err}") from err
         self.precision = meta.get(PRECISION_KEY, "fp32")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,8 +42,9 @@ def find_entry(entries: dict[str, dict], scales: Sequence[float]) -> str | None:
     """The key of ``entries`` chosen at ``scales`` in any order (their mean does not depend on it),
     else the old layout's ``ANY_SCALES``, else None."""
     wanted = sorted(float(s) for s in scales)
-    for key in entries:
-        if key != ANY_SCALES and sorted(key_scales(key)) == wanted:
+    for key in entries:  # keys keep 6 digits (1/3 -> 0.333333)
+        stored = sorted(key_scales(key)) if key != ANY_SCALES else []
+        if len(stored) == len(wanted) and all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(stored, wanted)):
             return key
     return ANY_SCALES if ANY_SCALES in entries else None
 
@@ -69,17 +71,19 @@ def read_thresholds(model_path: str | Path) -> dict[str, dict]:
 def write_threshold(model_path: str | Path, threshold: float, scales: Sequence[float], details: dict,
                     replace: bool = False) -> Path | None:
     """Store ``threshold`` for ``scales`` beside ``model_path``, keeping the other scale sets'.
-    One chosen at these scales on another split (``details["split"]``) is kept unless ``replace``:
+    One chosen at these scales on another split (``details["split"]``) or by another rule
+    (``details["rule"]``; entries without one were chosen by ``pooled``) is kept unless ``replace``:
     evaluating a model on other data (say the shipped one on synthetic photos) must not silently
     change the threshold prediction uses. Returns the file, or None when nothing was written."""
     entries = read_thresholds(model_path)
     key = find_entry(entries, scales)
     key = scales_key(scales) if key in (None, ANY_SCALES) else key
     kept = entries.get(key)
-    if kept is not None and not replace and kept.get("split") != details.get("split"):
-        log.warning("kept the threshold %.4f chosen on %s at scales [%s] in %s: this one (%.4f) was chosen on %s "
-                    "(save_threshold=replace to store it)", kept["threshold"], kept.get("split"), key,
-                    threshold_path(model_path), threshold, details.get("split"))
+    chosen_by = (details.get("split"), details.get("rule", "pooled"))
+    if kept is not None and not replace and (kept.get("split"), kept.get("rule", "pooled")) != chosen_by:
+        log.warning("kept the threshold %.4f chosen on %s (rule %s) at scales [%s] in %s: this one (%.4f) was chosen "
+                    "on %s (rule %s; save_threshold=replace to store it)", kept["threshold"], kept.get("split"),
+                    kept.get("rule", "pooled"), key, threshold_path(model_path), threshold, *chosen_by)
         return None
     entries[key] = {"threshold": float(threshold), "scales": [float(s) for s in scales], **details}
     path = threshold_path(model_path)
@@ -90,11 +94,11 @@ def write_threshold(model_path: str | Path, threshold: float, scales: Sequence[f
 def resolve_threshold(model_path: str | Path, trained: float, threshold: float | None, scales: Sequence[float],
                       embedded: dict[str, float] | None = None) -> float:
     """``threshold`` when given, else the one chosen on validation data at these ``scales`` (from
-    the file beside the model, else those ``embedded`` in it: an ONNX export's), else the
-    ``trained`` one (with a warning when thresholds exist only for other scales)."""
+    the file beside the model, else those ``embedded`` in it: an ONNX export's, per scale set),
+    else the ``trained`` one (with a warning when thresholds exist only for other scales)."""
     if threshold is not None:
         return float(threshold)
-    entries = read_thresholds(model_path) or {k: {"threshold": float(t)} for k, t in (embedded or {}).items()}
+    entries = {**{k: {"threshold": float(t)} for k, t in (embedded or {}).items()}, **read_thresholds(model_path)}
     key = find_entry(entries, scales)
     if key is not None:
         return entries[key]["threshold"]

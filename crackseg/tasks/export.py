@@ -43,10 +43,13 @@ def export(cfg: DictConfig) -> Path:
     else:
         save_slim_checkpoint(model, out)
         _copy_calibration(Path(cfg.ckpt), out)
-    if chosen and threshold_path(out).resolve() != threshold_path(cfg.ckpt).resolve():
-        atomic_write_bytes(threshold_path(out), threshold_path(cfg.ckpt).read_bytes())
-        log.info("thresholds chosen on validation (scales %s) -> %s", ", ".join(f"[{k}]" for k in chosen),
-                 threshold_path(out))
+    if threshold_path(out).resolve() != threshold_path(cfg.ckpt).resolve():
+        if chosen:
+            atomic_write_bytes(threshold_path(out), threshold_path(cfg.ckpt).read_bytes())
+            log.info("thresholds chosen on validation (scales %s) -> %s", ", ".join(f"[{k}]" for k in chosen),
+                     threshold_path(out))
+        else:
+            _remove_stale(threshold_path(out), "thresholds")
     default = find_entry(chosen, DEFAULT_SCALES)
     log.info("exported %s -> %s (threshold %.3f at scales %s, tile %d)", cfg.ckpt, out,
              chosen[default]["threshold"] if default else model.threshold, list(DEFAULT_SCALES), model.tile)
@@ -59,9 +62,20 @@ def _copy_calibration(ckpt: Path, out: Path) -> None:
     from crackseg.inference.quantize import calibration_path
 
     source, target = calibration_path(ckpt), calibration_path(out)
-    if source.is_file() and source.resolve() != target.resolve():
+    if source.resolve() == target.resolve():
+        return
+    if source.is_file():
         atomic_write_bytes(target, source.read_bytes())
         log.info("int8 calibration -> %s", target)
+    else:
+        _remove_stale(target, "int8 calibration")
+
+
+def _remove_stale(path: Path, what: str) -> None:
+    """An earlier export's file beside the output would apply to this model: removed."""
+    if path.is_file():
+        path.unlink()
+        log.warning("removed %s, an earlier export's %s: this checkpoint has none", path, what)
 
 
 def _export_int8(cfg: DictConfig, model, out: Path, thresholds: dict[str, float]) -> None:
