@@ -98,7 +98,8 @@ def test_val_evaluation_stores_the_ods_threshold_for_prediction(red_checkpoint, 
     ms = evaluate(_cfg(ckpt, root, tmp_path / "ms_val", "data.split=val", "scales=[1,2]"))
     assert read_thresholds(ckpt) == {
         "1": stored, "1,2": {"threshold": ms["ods_threshold"], "scales": [1.0, 2.0], "rule": "dataset_mean",
-                             "dice": ms["chosen"]["dice"], "ods": ms["ods"], "split": ms["split"], "photos": 2}}
+                             "dice": ms["chosen"]["dice"], "ods": ms["ods"], "split": ms["split"], "photos": 2,
+                             "precision": "fp32"}}
     assert resolve_threshold(ckpt, trained, None, [1, 2]) == ms["ods_threshold"]
     assert resolve_threshold(ckpt, trained, 0.25, [1, 2]) == 0.25
 

@@ -142,7 +142,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.save_threshold and cfg.data.split == cfg.data.val_split:
         path = write_threshold(cfg.ckpt, chosen_threshold, cfg.scales,
                                {"rule": cfg.threshold_rule, "dice": result["chosen"]["dice"], "ods": result["ods"],
-                                "split": result["split"], "photos": len(rows)},
+                                "split": result["split"], "photos": len(rows), "precision": predictor.precision},
                                replace=cfg.save_threshold == "replace")
         if path:
             log.info("stored the threshold %.4f for predict.py and later evaluations: %s", chosen_threshold, path)
