@@ -246,6 +246,24 @@ def claimed(lock: str | Path, stale_after_s: float = 6 * 3600) -> Iterator[bool]
     yield False
 
 
+@contextmanager
+def rewrite_lock(path: str | Path, wait_s: float = 60.0) -> Iterator[None]:
+    """Hold the lock of a small shared file while it is read and rewritten (milliseconds), so
+    runs updating it at once keep each other's changes; after ``wait_s`` without it (a run on
+    another machine died holding it) go on, with a warning."""
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    deadline = time.monotonic() + wait_s
+    while True:
+        with claimed(lock) as mine:
+            if mine or time.monotonic() > deadline:
+                if not mine:
+                    log.warning("%s stayed locked for %.0f s: rewriting %s without it", lock, wait_s, path)
+                yield
+                return
+        time.sleep(0.05)
+
+
 def _stale_owner(lock: Path, stale_after_s: float) -> str | None:
     """The owner written in ``lock`` if that run is dead (see :func:`claimed`), else None."""
     try:

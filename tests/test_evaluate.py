@@ -217,6 +217,25 @@ def test_thresholds_belong_to_a_set_of_scales_in_any_order(tmp_path):
         resolve_threshold(model, 0.5, None, [1])
 
 
+def test_evaluations_storing_thresholds_at_once_keep_each_others(tmp_path):
+    import threading
+
+    from crackseg.io import claimed
+
+    model = tmp_path / "m.ckpt"
+    write_threshold(model, 0.4, [1], {"split": "val"})
+    with claimed(tmp_path / ".m.threshold.json.lock"):  # another evaluation is rewriting the file
+        writer = threading.Thread(target=write_threshold, args=(model, 0.38, [1, 2, 0.5], {"split": "val"}))
+        writer.start()
+        writer.join(0.3)
+        assert writer.is_alive()  # it waits instead of reading the file being rewritten
+        entries = read_thresholds(model)
+        entries["1"]["threshold"] = 0.41
+        threshold_path(model).write_text(json.dumps({"by_scales": entries}))
+    writer.join(5)
+    assert {k: e["threshold"] for k, e in read_thresholds(model).items()} == {"1": 0.41, "1,2,0.5": 0.38}
+
+
 def test_a_threshold_chosen_on_other_data_is_kept_unless_replaced(tmp_path, caplog):
     model = tmp_path / "shipped.ckpt"  # e.g. the shipped model, evaluated on the synthetic default data
     write_threshold(model, 0.38, [1, 2, 0.5], {"split": "general:val"})

@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from crackseg.io import atomic_write_bytes
+from crackseg.io import atomic_write_bytes, rewrite_lock
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +75,21 @@ def write_threshold(model_path: str | Path, threshold: float, scales: Sequence[f
     (``details["rule"]``; entries without one were chosen by ``pooled``) is kept unless ``replace``:
     evaluating a model on other data (say the shipped one on synthetic photos) must not silently
     change the threshold prediction uses. Returns the file, or None when nothing was written."""
-    entries = read_thresholds(model_path)
-    key = find_entry(entries, scales)
-    key = scales_key(scales) if key in (None, ANY_SCALES) else key
-    kept = entries.get(key)
-    chosen_by = (details.get("split"), details.get("rule", "pooled"))
-    if kept is not None and not replace and (kept.get("split"), kept.get("rule", "pooled")) != chosen_by:
-        log.warning("kept the threshold %.4f chosen on %s (rule %s) at scales [%s] in %s: this one (%.4f) was chosen "
-                    "on %s (rule %s; save_threshold=replace to store it)", kept["threshold"], kept.get("split"),
-                    kept.get("rule", "pooled"), key, threshold_path(model_path), threshold, *chosen_by)
-        return None
-    entries[key] = {"threshold": float(threshold), "scales": [float(s) for s in scales], **details}
     path = threshold_path(model_path)
-    atomic_write_bytes(path, json.dumps({"by_scales": entries}, indent=1).encode())
-    return path
+    with rewrite_lock(path):  # evaluations at other scales may update the file at the same time
+        entries = read_thresholds(model_path)
+        key = find_entry(entries, scales)
+        key = scales_key(scales) if key in (None, ANY_SCALES) else key
+        kept = entries.get(key)
+        chosen_by = (details.get("split"), details.get("rule", "pooled"))
+        if kept is not None and not replace and (kept.get("split"), kept.get("rule", "pooled")) != chosen_by:
+            log.warning("kept the threshold %.4f chosen on %s (rule %s) at scales [%s] in %s: this one (%.4f) was chosen "
+                        "on %s (rule %s; save_threshold=replace to store it)", kept["threshold"], kept.get("split"),
+                        kept.get("rule", "pooled"), key, path, threshold, *chosen_by)
+            return None
+        entries[key] = {"threshold": float(threshold), "scales": [float(s) for s in scales], **details}
+        atomic_write_bytes(path, json.dumps({"by_scales": entries}, indent=1).encode())
+        return path
 
 
 def resolve_threshold(model_path: str | Path, trained: float, threshold: float | None, scales: Sequence[float],

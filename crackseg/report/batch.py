@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
-from crackseg.io import atomic_write_bytes, claimed, write_csv
+from crackseg.io import atomic_write_bytes, rewrite_lock, write_csv
 from crackseg.report.crack_outputs import read_crack_document
 from crackseg.report.html import render_report
 from crackseg.report.photo_outputs import output_folder, output_paths, write_summary
@@ -38,7 +35,7 @@ def publish(output_dir: Path, rows: list[dict], settings: dict, measure: bool, i
     run saved (its outcome, a failure included), under a lock while the summary is rewritten."""
     path = shard_summary_path(output_dir, index, count)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _summary_lock(path):
+    with rewrite_lock(path):
         saved = _read_shard_summary(path) if path.is_file() else None
         if saved is not None:
             theirs = {row["photo"]: row for row in saved["rows"] if row.get("detail") != CLAIMED_ELSEWHERE}
@@ -46,22 +43,6 @@ def publish(output_dir: Path, rows: list[dict], settings: dict, measure: bool, i
         document = {"shard": {"index": index, "count": count}, "measure": measure, "settings": settings, "rows": rows}
         atomic_write_bytes(path, json.dumps(document).encode())
     return rebuild(output_dir, count)
-
-
-@contextmanager
-def _summary_lock(path: Path, wait_s: float = 60.0) -> Iterator[None]:
-    """Hold the lock of a shard summary while it is read and rewritten (milliseconds); after
-    ``wait_s`` without it (a run on another machine died holding it) go on, with a warning."""
-    lock = path.with_name(f".{path.name}.lock")
-    deadline = time.monotonic() + wait_s
-    while True:
-        with claimed(lock) as mine:
-            if mine or time.monotonic() > deadline:
-                if not mine:
-                    log.warning("%s stayed locked for %.0f s: rewriting %s without it", lock, wait_s, path)
-                yield
-                return
-        time.sleep(0.05)
 
 
 def rebuild(output_dir: Path, count: int | None = None) -> int:
