@@ -20,7 +20,7 @@ import torch
 from crackseg.io import atomic_write_bytes
 from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.models.nets import CrackSegNet
-from crackseg.models.thresholds import ANY_SCALES, key_scales
+from crackseg.models.thresholds import check_key
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,7 @@ class OnnxModel:
         try:
             self.thresholds = {str(k): float(t) for k, t in json.loads(meta.get(THRESHOLDS_KEY, "{}")).items()}
             for key in self.thresholds:
-                if key != ANY_SCALES:  # an older threshold file's one threshold, for any scales
-                    key_scales(key)
+                check_key(key)  # a scales key, or an older threshold file's one for any scales
         except (ValueError, TypeError, AttributeError) as err:
             raise CheckpointError(f"unreadable {THRESHOLDS_KEY} metadata in {path}: {err}") from err
         self.precision = meta.get(PRECISION_KEY, "fp32")

@@ -38,6 +38,12 @@ def key_scales(key: str) -> list[float]:
     return [float(s) for s in key.split(",")]
 
 
+def check_key(key: str) -> None:
+    """ValueError unless ``key`` is a scales key or ``ANY_SCALES``."""
+    if key != ANY_SCALES:
+        key_scales(key)
+
+
 def find_entry(entries: dict[str, dict], scales: Sequence[float]) -> str | None:
     """The key of ``entries`` chosen at ``scales`` in any order (their mean does not depend on it),
     else the old layout's ``ANY_SCALES``, else None."""
@@ -61,8 +67,7 @@ def read_thresholds(model_path: str | Path) -> dict[str, dict]:
         entries = {str(k): dict(v) for k, v in stored["by_scales"].items()}
         for key, entry in entries.items():
             entry["threshold"] = float(entry["threshold"])
-            if key != ANY_SCALES:
-                key_scales(key)
+            check_key(key)
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ThresholdFileError(f"unreadable threshold file {path}: {err}") from err
     return entries

@@ -42,40 +42,29 @@ def export(cfg: DictConfig) -> Path:
         _export_int8(cfg, model, out, thresholds)
     else:
         save_slim_checkpoint(model, out)
-        _copy_calibration(Path(cfg.ckpt), out)
-    if threshold_path(out).resolve() != threshold_path(cfg.ckpt).resolve():
-        if chosen:
-            atomic_write_bytes(threshold_path(out), threshold_path(cfg.ckpt).read_bytes())
-            log.info("thresholds chosen on validation (scales %s) -> %s", ", ".join(f"[{k}]" for k in chosen),
-                     threshold_path(out))
-        else:
-            _remove_stale(threshold_path(out), "thresholds")
+        # an fp16 checkpoint keeps its source's int8 calibration (activation ranges move by fp16
+        # rounding only), so precision=auto still runs it in int8 where the CPU has VNNI
+        from crackseg.inference.quantize import calibration_path
+
+        _carry_beside(calibration_path(cfg.ckpt), calibration_path(out), "int8 calibration")
+    _carry_beside(threshold_path(cfg.ckpt), threshold_path(out), "thresholds chosen on validation")
     default = find_entry(chosen, DEFAULT_SCALES)
     log.info("exported %s -> %s (threshold %.3f at scales %s, tile %d)", cfg.ckpt, out,
              chosen[default]["threshold"] if default else model.threshold, list(DEFAULT_SCALES), model.tile)
     return out
 
 
-def _copy_calibration(ckpt: Path, out: Path) -> None:
-    """An fp16 checkpoint keeps the int8 calibration of its source (activation ranges move by
-    fp16 rounding only), so precision=auto still runs it in int8 where the CPU has VNNI."""
-    from crackseg.inference.quantize import calibration_path
-
-    source, target = calibration_path(ckpt), calibration_path(out)
+def _carry_beside(source: Path, target: Path, what: str) -> None:
+    """Copy the checkpoint's file ``source`` beside the export (``target``); without one, an
+    earlier export's ``target`` would apply to this model, so it is removed."""
     if source.resolve() == target.resolve():
         return
     if source.is_file():
         atomic_write_bytes(target, source.read_bytes())
-        log.info("int8 calibration -> %s", target)
-    else:
-        _remove_stale(target, "int8 calibration")
-
-
-def _remove_stale(path: Path, what: str) -> None:
-    """An earlier export's file beside the output would apply to this model: removed."""
-    if path.is_file():
-        path.unlink()
-        log.warning("removed %s, an earlier export's %s: this checkpoint has none", path, what)
+        log.info("%s -> %s", what, target)
+    elif target.is_file():
+        target.unlink()
+        log.warning("removed %s, an earlier export's %s: this checkpoint has none", target, what)
 
 
 def _export_int8(cfg: DictConfig, model, out: Path, thresholds: dict[str, float]) -> None:
