@@ -102,9 +102,21 @@ def check_inference_options(cfg: DictConfig) -> None:
         _fail("pipeline", cfg.pipeline, "must be auto, true or false")
     if "recursive" in cfg and not isinstance(cfg.recursive, bool):
         _fail("recursive", cfg.recursive, "must be true or false")
+    if "keep_joints" in cfg and not isinstance(cfg.keep_joints, bool):
+        _fail("keep_joints", cfg.keep_joints, "must be true or false")
+    if cfg.get("joint_rule") is not None:
+        _check_joint_rule(cfg.joint_rule)
     if "shard" in cfg:
         _check_shard(cfg)
     check_writable_folder("output", cfg.output)
+
+
+def _check_joint_rule(rule) -> None:
+    if not isinstance(rule, DictConfig) or set(rule) != {"min_length_px", "min_straightness", "max_width_variation"}:
+        _fail("joint_rule", rule, "must be null or {min_length_px, min_straightness, max_width_variation}")
+    _number("joint_rule.min_length_px", rule.min_length_px, 0)
+    _number("joint_rule.min_straightness", rule.min_straightness, 0, 1)
+    _number("joint_rule.max_width_variation", rule.max_width_variation, 0)
 
 
 def _check_shard(cfg: DictConfig) -> None:

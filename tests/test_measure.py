@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from crackseg.io import write_image
-from crackseg.measure import measure_mask
+from crackseg.measure import JOINT, JointRule, measure_mask, split_joints
 from crackseg.report.crack_outputs import (
     crack_document, draw_widths, geojson, read_crack_document, width_class, width_classes, write_crack_outputs,
 )
@@ -187,3 +187,58 @@ def test_command_prints_json_and_rejects_bad_input(tmp_path):
     result = subprocess.run(command + [str(tmp_path / "mask.png"), "--mm-per-px", "0"], capture_output=True,
                             text=True, cwd=ROOT)
     assert result.returncode != 0 and "must be > 0" in result.stderr
+
+
+def _wavy(length: int = 300, amplitude: float = 12, width: float = 5, size: int = 400) -> np.ndarray:
+    """A crack that wanders: a sine of ``amplitude`` px across a horizontal run of ``length`` px."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(float)
+    centre = size / 2 + amplitude * np.sin((xs - 50) / 25)
+    return ((xs >= 50) & (xs < 50 + length) & (np.abs(ys - centre) < width / 2)).astype(np.uint8)
+
+
+def _tapered(length: int = 300, size: int = 400) -> np.ndarray:
+    """A straight crack opening from 2 px to 12 px along its length."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(float)
+    width = 2 + 10 * (xs - 50) / length
+    return ((xs >= 50) & (xs < 50 + length) & (np.abs(ys - size / 2) < width / 2)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("angle", [0, 20, 90])
+def test_a_long_straight_band_of_constant_width_is_a_joint(angle):
+    (joint,) = measure_mask(_band(8, angle, length=300), joint_rule=JointRule())
+    assert joint.type == JOINT and joint.length == pytest.approx(300, abs=2)
+    assert measure_mask(_band(8, angle, length=300))[0].type != JOINT  # no rule: never a joint
+
+
+@pytest.mark.parametrize("mask", [_wavy(), _tapered(), _band(8, 0, length=80)], ids=["wanders", "tapers", "short"])
+def test_cracks_that_wander_taper_or_are_short_are_not_joints(mask):
+    (crack,) = measure_mask(mask, joint_rule=JointRule())
+    assert crack.type != JOINT
+
+
+def test_a_crack_crossing_a_joint_makes_one_instance_that_stays_a_crack():
+    mask = _wavy(size=400) | _band(8, 90, length=390, size=400)
+    (crack,) = measure_mask(mask, joint_rule=JointRule())
+    assert crack.type == "branched"
+
+
+def test_split_joints_moves_exactly_the_joints_pixels_out_of_the_mask():
+    joint, crack = _band(8, 0, length=300, size=400, centre=(200, 60)), _wavy(size=400)
+    mask = (joint | crack).astype(bool)
+    cracks = measure_mask(mask, joint_rule=JointRule())
+    assert sorted(c.type for c in cracks) == ["horizontal", JOINT]
+    joints = split_joints(mask, cracks)
+    assert np.array_equal(joints, joint.astype(bool)) and np.array_equal(mask, crack.astype(bool))
+
+
+def test_joints_are_counted_apart_from_the_cracks_in_the_totals():
+    mask = _band(8, 0, length=300, size=400, centre=(200, 60)) | _wavy(size=400)
+    document = crack_document(measure_mask(mask, joint_rule=JointRule()), mask.shape, {"mm_per_px": None})
+    crack = next(c for c in document["cracks"] if c["type"] != JOINT)
+    assert document["totals"]["cracks"] == 1 and document["totals"]["types"][JOINT] == 1
+    assert document["totals"]["total_length"] == crack["length"] and document["totals"]["max_width"] == crack["max_width"]
+
+
+def test_a_joint_rule_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="min_straightness in \\[0, 1\\]"):
+        JointRule(min_straightness=1.2)

@@ -32,10 +32,13 @@ def _cfg(name, tmp_path, *overrides):
     ("pipeline=2", "pipeline=2: must be auto, true or false"),
     ("shard.count=0", "shard.count=0: must be an integer >= 1"),
     ("shard.index=2", "shard.index=2: must be an integer in [0, 1)"),
+    ("keep_joints=maybe", "keep_joints='maybe': must be true or false"),
+    ("joint_rule.min_straightness=1.5", "joint_rule.min_straightness=1.5: must be a number in [0, 1]"),
+    ("joint_rule.min_length_px=-1", "joint_rule.min_length_px=-1: must be a number >= 0"),
 ])
 def test_bad_prediction_options_name_the_option_and_what_is_allowed(tmp_path, override, message):
     for name in ("predict", "evaluate"):
-        if name == "evaluate" and override.startswith(("mm_per_px", "recursive", "shard", "pipeline")):
+        if name == "evaluate" and override.startswith(("mm_per_px", "recursive", "shard", "pipeline", "keep_joints", "joint_rule")):
             continue
         with pytest.raises(OptionError) as err:
             check_inference_options(_cfg(name, tmp_path, override))

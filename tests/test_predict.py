@@ -112,7 +112,7 @@ def test_cascade_writes_the_same_masks_and_counts_the_skipped_tiles(red_checkpoi
     for cascade in (True, False):
         out = tmp_path / f"cascade_{cascade}"
         assert predict(_predict_cfg(ckpt=str(red_checkpoint), input=str(photos), output=str(out), tile=32,
-                                    threshold=0.5, cascade=cascade, measure=False)) == 0
+                                    threshold=0.5, cascade=cascade, measure=False, keep_joints=True)) == 0
         rows = list(csv.DictReader((out / "summary.csv").open()))
         assert all(int(r["tiles"]) == count_tiles(150, 190, 32, 0.25, [1, 2, 0.5]) for r in rows)
         skipped = [int(r["tiles_skipped"]) for r in rows]
@@ -290,7 +290,8 @@ def test_a_photo_predicted_again_and_stopped_midway_is_never_left_with_its_old_m
 
     monkeypatch.setattr(predict_module, "measure_mask", broken)
     assert predict(cfg) == 1
-    assert not (out / "a_cracks.json").exists() and (out / "a_mask.png").is_file()  # the new mask, unmeasured
+    # neither the old mask nor its measurement is left (the new mask waits for the joints, told apart by measuring)
+    assert not (out / "a_cracks.json").exists() and not (out / "a_mask.png").exists()
     monkeypatch.undo()
     assert predict(cfg) == 0  # the rerun measures the new mask instead of skipping the photo as done
     rows = list(csv.DictReader((out / "summary.csv").open()))
@@ -400,7 +401,7 @@ def test_batch_measures_cracks_and_writes_the_report(checkpoint, tiny_dataset, t
     for stem, row in summary.items():
         document = json.loads((out / f"{stem}_cracks.json").read_text())
         assert document["unit"] == row["unit"] == "px" and document["settings"]["mm_per_px"] is None
-        assert int(row["cracks"]) == len(document["cracks"]) == sum(r["photo"] == row["photo"] for r in crack_rows)
+        assert int(row["cracks"]) + int(row["joints"]) == len(document["cracks"]) == sum(r["photo"] == row["photo"] for r in crack_rows)
         assert float(row["measure_seconds"]) >= 0
         assert json.loads((out / f"{stem}.geojson").read_text())["type"] == "FeatureCollection"
         assert (out / f"{stem}_widths.jpg").is_file() and (out / f"{stem}_thumb.jpg").is_file()
@@ -434,3 +435,35 @@ def test_batch_without_measurement_and_bad_mm_per_px(checkpoint, tiny_dataset, t
     cfg.mm_per_px = -1
     with pytest.raises(ValueError, match="mm_per_px=-1: must be a number > 0"):
         predict(cfg)
+
+
+def test_joints_leave_the_mask_into_their_own_file_and_stay_in_the_measurements(red_checkpoint, tmp_path):
+    import cv2
+
+    photo = np.full((120, 300, 3), 90, np.uint8)
+    photo[20:26, 20:280, 0] = 255  # long, straight, constant width: a joint
+    wander = np.stack([np.arange(20, 280), 80 + 12 * np.sin(np.arange(260) / 20)], 1).astype(np.int32)
+    cv2.polylines(photo, [wander], False, (255, 90, 90), 4)  # a crack that wanders
+    write_image(tmp_path / "in" / "wall.png", photo)
+    joint = np.zeros((120, 300), bool)
+    joint[20:26, 20:280] = True
+    out = tmp_path / "out"
+    cfg = _predict_cfg(ckpt=str(red_checkpoint), input=str(tmp_path / "in"), output=str(out), tile=32, scales=[1])
+
+    def outputs():
+        document = json.loads((out / "wall_cracks.json").read_text())
+        row = next(csv.DictReader((out / "summary.csv").open()))
+        return read_mask(out / "wall_mask.png"), sorted(c["type"] for c in document["cracks"]), row
+
+    assert predict(cfg) == 0
+    mask, types, row = outputs()
+    assert np.array_equal(read_mask(out / "wall_joints.png"), joint) and not (mask & joint).any() and mask.sum() > 500
+    assert types == ["diagonal", "joint"] or types == ["horizontal", "joint"]
+    assert (row["cracks"], row["joints"]) == ("1", "1") and ">joint<" in (out / "report.html").read_text()
+    cfg.mm_per_px = 0.5  # measured again from the saved mask and joints: the joint is still reported
+    assert predict(cfg) == 0
+    assert outputs()[1] == types and outputs()[2]["detail"] == "measured the saved mask"
+    cfg.keep_joints = True  # the mask was made without the joints: predicted again, with them
+    assert predict(cfg) == 0
+    mask, kept_types, row = outputs()
+    assert np.array_equal(mask & joint, joint) and not (out / "wall_joints.png").exists() and kept_types == types

@@ -16,7 +16,8 @@ one crack. Each is measured on its own bounding-box crop:
   are left out of the profile (a junction is wider than the cracks that meet there);
 - orientation: principal axis of the crack's pixels, degrees counter-clockwise from the image's
   horizontal as seen (0: horizontal, 90: vertical, 45: rising to the right), in [0, 180);
-- type, in this order: ``map`` when the crack encloses ``MAP_CELLS`` or more cells (a network);
+- type, in this order: ``joint`` when a ``JointRule`` is given and the instance is long, straight
+  and of constant width (see joints.py); ``map`` when the crack encloses ``MAP_CELLS`` or more cells (a network);
   ``branched`` when its skeleton has a junction; otherwise by orientation: ``horizontal`` or
   ``vertical`` within ``AXIS_TOLERANCE_DEG`` of the axis, ``diagonal`` in between.
 """
@@ -30,6 +31,7 @@ import cv2
 import numpy as np
 from skimage.morphology import skeletonize
 
+from crackseg.measure.joints import JOINT, JointRule, is_joint
 from crackseg.measure.skeleton import Branch, SkeletonGraph, crossings_at, skeleton_graph
 
 SMALL_HOLE_PX = 64
@@ -40,7 +42,7 @@ PRUNE_ROUNDS = 5
 TIP_DIRECTION_PX = 5
 TIP_STEP_PX = 0.25
 TANGENT_PX = 3
-TYPES = ("horizontal", "vertical", "diagonal", "branched", "map")
+TYPES = ("horizontal", "vertical", "diagonal", "branched", "map", JOINT)
 
 
 @dataclass
@@ -81,8 +83,9 @@ class Crack:
         return record
 
 
-def measure_mask(mask: np.ndarray, min_length_px: float = 0.0) -> list[Crack]:
-    """Every crack of a 2-D mask (non-zero: crack) at least ``min_length_px`` long, top to bottom."""
+def measure_mask(mask: np.ndarray, min_length_px: float = 0.0, joint_rule: JointRule | None = None) -> list[Crack]:
+    """Every crack of a 2-D mask (non-zero: crack) at least ``min_length_px`` long, top to bottom;
+    with ``joint_rule``, those it takes for joints typed ``joint``."""
     if mask.ndim != 2:
         raise ValueError(f"a mask must be 2-D (H, W), got shape {mask.shape}")
     binary = mask.view(np.uint8) if mask.dtype == bool else (mask > 0).astype(np.uint8)
@@ -93,7 +96,7 @@ def measure_mask(mask: np.ndarray, min_length_px: float = 0.0) -> list[Crack]:
         if math.sqrt(2) * pixels + 2 < min_length_px:  # no longer than a diagonal chain of its pixels
             continue
         component = np.pad(labels[y : y + h, x : x + w] == label, 1)  # a background border for the skeleton
-        crack = _measure_component(component, (x - 1, y - 1), min_length_px)
+        crack = _measure_component(component, (x - 1, y - 1), min_length_px, joint_rule)
         if crack is not None:
             crack.pixels, crack.bbox = pixels, (x, y, w, h)
             crack.centroid = tuple(round(float(v), 1) for v in centroids[label])
@@ -104,7 +107,8 @@ def measure_mask(mask: np.ndarray, min_length_px: float = 0.0) -> list[Crack]:
     return cracks
 
 
-def _measure_component(component: np.ndarray, offset: tuple[int, int], min_length_px: float) -> Crack | None:
+def _measure_component(component: np.ndarray, offset: tuple[int, int], min_length_px: float,
+                       joint_rule: JointRule | None) -> Crack | None:
     """Measures of one crack on its crop (bool, with a one-pixel background border); None when
     it is shorter than ``min_length_px`` (known before its widths, the larger part of the work)."""
     outline = _outline_filling_small_holes(component)
@@ -128,11 +132,13 @@ def _measure_component(component: np.ndarray, offset: tuple[int, int], min_lengt
     widths = profile[:, 2]
 
     junctions, cells = len(graph.node_centres), len(outline) - 1
+    closed = [b.closed for b in graph.branches]
+    joint = joint_rule is not None and is_joint(length, simplified, closed, widths, joint_rule)
     shift = np.array(offset)
     return Crack(
         id=0, length=round(float(length), 2), max_width=round(float(widths.max()), 2),
         mean_width=round(float(widths.mean()), 2), p90_width=round(float(np.percentile(widths, 90)), 2),
-        orientation_deg=orientation, type=crack_type(orientation, junctions, cells),
+        orientation_deg=orientation, type=JOINT if joint else crack_type(orientation, junctions, cells),
         branches=len(graph.branches), ends=tips, junctions=junctions, cells=cells,
         pixels=0, bbox=(0, 0, 0, 0), centroid=(0.0, 0.0),  # set by the caller, from the whole mask
         skeleton=[np.vstack([line, line[:1]]) + shift if b.closed else line + shift  # a ring ends where it starts

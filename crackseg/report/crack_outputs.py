@@ -15,11 +15,12 @@ import cv2
 import numpy as np
 
 from crackseg.io import write_image, write_json_streamed
-from crackseg.measure import TYPES, Crack
+from crackseg.measure import JOINT, TYPES, Crack
 
 MM_BOUNDS = (0.1, 0.3, 1.0)
 PX_BOUNDS = (2.0, 4.0, 8.0)
 CLASS_COLOURS = ((0, 190, 0), (255, 215, 0), (255, 120, 0), (220, 0, 0))  # RGB, narrow to wide
+JOINT_COLOUR = (0, 120, 255)  # RGB: instances taken for joints, under the cracks
 THUMB_SIZE = 800  # px, the longer side
 THUMB_LABELS = 40  # the widest cracks get their number on the thumbnail
 
@@ -61,12 +62,15 @@ def crack_document(cracks: list[Crack], shape: tuple[int, int], settings: dict) 
 
 
 def totals(records: list[dict], classes: list[str]) -> dict:
-    """Count, total length, largest width, and counts by type and by width class (of max width)."""
+    """Count, total length, largest width, and counts by width class (of max width) of the cracks;
+    counts by type, joints included."""
+    types = {t: sum(r["type"] == t for r in records) for t in TYPES}
+    records = [r for r in records if r["type"] != JOINT]
     return {
         "cracks": len(records),
         "total_length": round(sum(r["length"] for r in records), 3),
         "max_width": max((r["max_width"] for r in records), default=0.0),
-        "types": {t: sum(r["type"] == t for r in records) for t in TYPES},
+        "types": types,
         "width_classes": {c: sum(r["width_class"] == c for r in records) for c in classes},
     }
 
@@ -104,20 +108,22 @@ def _ring(points: list[list[int]]) -> list[list[int]]:
 def draw_widths(photo: np.ndarray, cracks: list[Crack], mm_per_px: float | None, size: tuple[int, int] | None = None,
                 thickness: int | None = None) -> np.ndarray:
     """The photo (resized to ``size`` (W, H) when given) with every skeleton pixel painted in the
-    colour of its width class, lines ``thickness`` px wide; where lines overlap the wider class wins."""
+    colour of its width class, lines ``thickness`` px wide; where lines overlap the wider class wins.
+    Joints are painted in ``JOINT_COLOUR``, under any crack."""
     height, width = photo.shape[:2]
     image = photo.copy() if size is None else cv2.resize(photo, size, interpolation=cv2.INTER_AREA)
     scale = image.shape[1] / width
     thickness = thickness or max(3, round(max(height, width) / 1500))
-    classes = np.zeros(image.shape[:2], np.uint8)  # 0: no crack, else class index + 1
+    classes = np.zeros(image.shape[:2], np.uint8)  # 0: nothing, 1: a joint, else class index + 2
     for crack in cracks:
         xs, ys, widths = crack.profile.T
         cols = np.clip(np.round(xs * scale).astype(int), 0, image.shape[1] - 1)
         rows = np.clip(np.round(ys * scale).astype(int), 0, image.shape[0] - 1)
-        np.maximum.at(classes, (rows, cols), (width_class(widths, mm_per_px) + 1).astype(np.uint8))
+        value = np.ones(len(xs), np.uint8) if crack.type == JOINT else width_class(widths, mm_per_px) + 2
+        np.maximum.at(classes, (rows, cols), value.astype(np.uint8))
     classes = cv2.dilate(classes, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (thickness, thickness)))
     painted = classes > 0
-    image[painted] = np.array(CLASS_COLOURS, np.uint8)[classes[painted] - 1]
+    image[painted] = np.array((JOINT_COLOUR, *CLASS_COLOURS), np.uint8)[classes[painted] - 1]
     return image
 
 
@@ -127,7 +133,7 @@ def draw_thumbnail(photo: np.ndarray, cracks: list[Crack], mm_per_px: float | No
     scale = min(1.0, THUMB_SIZE / max(height, width))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     thumb = draw_widths(photo, cracks, mm_per_px, size, thickness=2)
-    for crack in sorted(cracks, key=lambda c: -c.max_width)[:THUMB_LABELS]:
+    for crack in sorted((c for c in cracks if c.type != JOINT), key=lambda c: -c.max_width)[:THUMB_LABELS]:
         points = crack.profile[:, :2] if len(crack.profile) else np.array([crack.centroid])
         x, y = points[np.argmin(np.hypot(*(points - crack.centroid).T))] * scale
         org = (int(min(x + 4, size[0] - 14)), int(max(y - 4, 10)))
@@ -153,7 +159,8 @@ def write_crack_outputs(paths: dict[str, Path], photo: np.ndarray, cracks: list[
 def summary_fields(document: dict) -> dict:
     """The crack columns of summary.csv from a ``<stem>_cracks.json`` document."""
     return {"width": document["width"], "height": document["height"], "unit": document["unit"],
-            **{k: document["totals"][k] for k in ("cracks", "total_length", "max_width")}}
+            **{k: document["totals"][k] for k in ("cracks", "total_length", "max_width")},
+            "joints": document["totals"]["types"].get(JOINT, 0)}
 
 
 def read_crack_document(path: Path, geometry: bool = True) -> dict | None:

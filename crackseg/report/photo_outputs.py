@@ -13,11 +13,11 @@ import numpy as np
 from crackseg.io import ImageReadError, read_mask, write_csv, write_image, write_json_streamed
 
 SUMMARY_FIELDS = ["photo", "width", "height", "crack_pixels", "crack_fraction", "contours", "cracks", "total_length",
-                  "max_width", "unit", "tiles", "tiles_skipped", "seconds", "measure_seconds", "status", "detail"]
+                  "max_width", "unit", "joints", "tiles", "tiles_skipped", "seconds", "measure_seconds", "status", "detail"]
 MEASUREMENT_OUTPUTS = ("cracks", "geojson", "widths", "thumb")  # written by crackseg.report.crack_outputs
 
 
-IMAGE_OUTPUT_SUFFIXES = ("_mask.png", "_overlay.jpg", "_prob.png", "_widths.jpg", "_thumb.jpg")
+IMAGE_OUTPUT_SUFFIXES = ("_mask.png", "_joints.png", "_overlay.jpg", "_prob.png", "_widths.jpg", "_thumb.jpg")
 
 
 def photo_stem_of_output(path: Path) -> str | None:
@@ -31,12 +31,16 @@ def output_folder(output_dir: Path, photo: str) -> Path:
     return Path(output_dir).joinpath(*PurePosixPath(photo).parent.parts)
 
 
-def output_paths(output_dir: Path, stem: str, save_prob: bool = True, measure: bool = True) -> dict[str, Path]:
+def output_paths(output_dir: Path, stem: str, save_prob: bool = True, measure: bool = True,
+                 joints: bool = False) -> dict[str, Path]:
+    """A photo's output files; ``joints``: the joints left out of its mask have their own."""
     paths = {
         "mask": output_dir / f"{stem}_mask.png",
         "overlay": output_dir / f"{stem}_overlay.jpg",
         "contours": output_dir / f"{stem}_contours.json",
     }
+    if joints:
+        paths["joints"] = output_dir / f"{stem}_joints.png"
     if save_prob:
         paths["prob"] = output_dir / f"{stem}_prob.png"
     if measure:
@@ -80,10 +84,13 @@ def contour_record(contour: np.ndarray, pixels: int) -> dict:
             "bbox": [int(x), int(y), int(w), int(h)]}
 
 
-def write_contours(path: Path, mask: np.ndarray, contours: list[np.ndarray], threshold: float) -> None:
+def write_contours(path: Path, mask: np.ndarray, contours: list[np.ndarray], threshold: float,
+                   joints: dict | None = None) -> None:
     """``_contours.json``, streamed: a mask of half a million specks never holds its polygons as
-    Python lists (2.8 KB per contour, measured) nor the whole text in memory."""
-    head = {"width": int(mask.shape[1]), "height": int(mask.shape[0]), "threshold": threshold, "count": len(contours)}
+    Python lists (2.8 KB per contour, measured) nor the whole text in memory. ``joints``: the rule
+    whose joints were left out of the mask (None: none were)."""
+    head = {"width": int(mask.shape[1]), "height": int(mask.shape[0]), "threshold": threshold, "count": len(contours),
+            "joints": joints}
     records = (contour_record(c, n) for c, n in zip(contours, region_pixels(mask, contours)))
     write_json_streamed(path, head, "contours", records)
 
@@ -97,14 +104,14 @@ def draw_overlay(photo: np.ndarray, contours: list[np.ndarray]) -> np.ndarray:
 
 
 def write_photo_outputs(paths: dict[str, Path], photo: np.ndarray, prob: np.ndarray, mask: np.ndarray,
-                        threshold: float) -> dict:
-    """Write the prediction outputs of one photo (``mask``: ``prob >= threshold``); returns its
-    summary row fields (without timing)."""
+                        threshold: float, joints: dict | None = None) -> dict:
+    """Write the prediction outputs of one photo (``mask``: ``prob >= threshold``, less the joints
+    of rule ``joints`` when given); returns its summary row fields (without timing)."""
     contours = find_contours(mask)
     if "prob" in paths:
         write_image(paths["prob"], cv2.convertScaleAbs(prob, alpha=255))  # rounds and saturates, no float copy
     write_image(paths["overlay"], draw_overlay(photo, contours), jpeg_quality=90)
-    write_contours(paths["contours"], mask, contours, threshold)
+    write_contours(paths["contours"], mask, contours, threshold, joints)
     write_image(paths["mask"], mask.astype(np.uint8) * 255)  # last: its presence marks a finished photo
     crack_pixels = int(np.count_nonzero(mask))
     return {
@@ -128,18 +135,21 @@ def saved_prediction_fields(paths: dict[str, Path], mask: np.ndarray | None = No
 
 
 def read_contours_head(path: Path) -> dict:
-    """Size, threshold and contour count of a ``_contours.json``, from its first bytes (a file of half a
-    million contours is not parsed); a file without a count (older runs) is read whole."""
+    """Size, threshold, contour count and left-out joints' rule of a ``_contours.json``, from its
+    first bytes (a file of half a million contours is not parsed); a file without a count (older
+    runs) is read whole. Older files, without ``joints``, left none out."""
     with open(path, "rb") as file:
-        start = file.read(512).decode("utf-8", "replace")
-    found = re.match(r'\{"width": (\d+), "height": (\d+), "threshold": ([^,]+), "count": (\d+),', start)
+        start = file.read(1024).decode("utf-8", "replace")
+    found = re.match(r'\{"width": (\d+), "height": (\d+), "threshold": ([^,]+), "count": (\d+),'
+                     r'(?: "joints": (null|\{[^}]*\}),)?', start)
     if found:
-        width, height, threshold, count = found.groups()
-        return {"width": int(width), "height": int(height), "threshold": float(threshold), "count": int(count)}
+        width, height, threshold, count, joints = found.groups()
+        return {"width": int(width), "height": int(height), "threshold": float(threshold), "count": int(count),
+                "joints": json.loads(joints) if joints else None}
     try:
         document = json.loads(Path(path).read_text())
         return {"width": document["width"], "height": document["height"], "threshold": float(document["threshold"]),
-                "count": len(document["contours"])}
+                "count": len(document["contours"]), "joints": document.get("joints")}
     except (ValueError, KeyError, TypeError) as err:
         raise ImageReadError(f"unreadable saved contours ({type(err).__name__}: {err}); delete the file or "
                              f"predict with overwrite=true: {path}") from err

@@ -19,8 +19,8 @@ from crackseg.campaign import CampaignPhoto, find_photos, shard
 from crackseg.inference.backends import predictor_from_config
 from crackseg.inference.predictor import Predictor
 from crackseg.tiling import TileCounts
-from crackseg.io import ImageReadError, claimed, read_mask, read_photo, remove_stale_temp_files
-from crackseg.measure import measure_mask
+from crackseg.io import ImageReadError, claimed, read_mask, read_photo, remove_stale_temp_files, write_image
+from crackseg.measure import JointRule, measure_mask, split_joints
 from crackseg.options import check_inference_options
 from crackseg.report.batch import CLAIMED_ELSEWHERE, publish
 from crackseg.report.crack_outputs import read_crack_document, summary_fields, write_crack_outputs
@@ -34,7 +34,17 @@ log = logging.getLogger(__name__)
 def measure_settings(cfg: DictConfig) -> dict:
     """What a photo's measurement depends on besides its mask; stored in its ``_cracks.json``."""
     return {"mm_per_px": None if cfg.mm_per_px is None else float(cfg.mm_per_px),
-            "min_crack_length_px": float(cfg.min_crack_length_px)}
+            "min_crack_length_px": float(cfg.min_crack_length_px), "joint_rule": joint_rule_settings(cfg)}
+
+
+def joint_rule_settings(cfg: DictConfig) -> dict | None:
+    """``cfg.joint_rule`` as plain floats, or None (no instance is taken for a joint)."""
+    return None if cfg.joint_rule is None else {k: float(v) for k, v in vars(JointRule(**cfg.joint_rule)).items()}
+
+
+def dropped_joints(cfg: DictConfig) -> dict | None:
+    """The joint rule whose joints leave the crack mask (stored with the mask), or None: none leave it."""
+    return None if cfg.keep_joints else joint_rule_settings(cfg)
 
 
 def predict(cfg: DictConfig) -> int:
@@ -154,7 +164,8 @@ def _start(source: CampaignPhoto, output_dir: Path, cfg: DictConfig, settings: d
     """Claim the photo (parallel runs share the photos) and decide what is left to do for it."""
     folder = source.output_dir(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    job = _PhotoJob(source, output_paths(folder, source.stem, cfg.save_prob, cfg.measure), {"photo": source.key})
+    paths = output_paths(folder, source.stem, cfg.save_prob, cfg.measure, joints=dropped_joints(cfg) is not None)
+    job = _PhotoJob(source, paths, {"photo": source.key})
     if job.claim.enter_context(claimed(folder / f".{source.stem}.lock")):
         return _stage(job, lambda j: _plan(j, cfg, settings, threshold))
     job.row |= {"status": "skipped", "detail": CLAIMED_ELSEWHERE}
@@ -164,14 +175,20 @@ def _start(source: CampaignPhoto, output_dir: Path, cfg: DictConfig, settings: d
 
 def _plan(job: _PhotoJob, cfg: DictConfig, settings: dict, threshold: float) -> None:
     """Skip a photo whose outputs all exist at this threshold; re-measure one whose measurement is
-    missing or stale; predict again one whose mask was made at another threshold."""
+    missing or stale; predict again one whose mask was made at another threshold or with other joints
+    left out."""
     paths = job.paths
-    job.remeasure = not cfg.overwrite and all(p.is_file() for k, p in paths.items() if k not in MEASUREMENT_OUTPUTS)
+    job.remeasure = not cfg.overwrite and all(p.is_file() for k, p in paths.items()
+                                               if k not in (*MEASUREMENT_OUTPUTS, "joints"))  # joints: when any
     if job.remeasure:
         job.saved = read_contours_head(paths["contours"])
         if job.saved["threshold"] != threshold:
             log.info("%s: predicted again (its saved mask was made at threshold %.4f, this run's is %.4f)",
                      job.source.path, job.saved["threshold"], threshold)
+            job.remeasure = False
+        elif job.saved["joints"] != dropped_joints(cfg):
+            log.info("%s: predicted again (its saved mask left out the joints of rule %s, this run's: %s)",
+                     job.source.path, job.saved["joints"], dropped_joints(cfg))
             job.remeasure = False
     document = _measured(paths, settings) if job.remeasure and cfg.measure else None
     if job.remeasure and (document or not cfg.measure):
@@ -204,6 +221,8 @@ def _read(job: _PhotoJob, max_megapixels: float) -> None:
     if job.remeasure:
         job.mask = read_mask(job.paths["mask"], job.photo.shape[:2])
         job.row |= {**saved_prediction_fields(job.paths, job.mask, job.saved), "detail": "measured the saved mask"}
+        if "joints" in job.paths and job.paths["joints"].is_file():  # the joints left out of it, measured again with it
+            job.mask |= read_mask(job.paths["joints"], job.photo.shape[:2])
 
 
 def _predict_one(job: _PhotoJob, predictor: Predictor, threshold: float) -> None:
@@ -218,20 +237,30 @@ def _predict_one(job: _PhotoJob, predictor: Predictor, threshold: float) -> None
 
 
 def _write(job: _PhotoJob, cfg: DictConfig, threshold: float, settings: dict) -> None:
-    """The prediction's outputs (unless re-measuring), then the measurement's. A photo predicted
-    again first loses its old mask (the mark of a finished prediction) and measurement, so a run
-    stopped midway leaves it to be done again, never the old measurement beside a new mask."""
+    """The prediction's outputs (unless re-measuring), then the measurement's; the instances the
+    measurement takes for joints leave the mask unless ``keep_joints``. A photo predicted again first
+    loses its old mask (the mark of a finished prediction) and measurement, so a run stopped midway
+    leaves it to be done again, never the old measurement beside a new mask."""
+    drop_joints = dropped_joints(cfg) is not None
     if not job.remeasure:
-        every_output = output_paths(job.paths["mask"].parent, job.source.stem)  # measure=false keeps old ones too
-        for key in ("mask", *MEASUREMENT_OUTPUTS):
+        every_output = output_paths(job.paths["mask"].parent, job.source.stem, joints=True)  # measure=false keeps old ones too
+        for key in ("mask", "joints", *MEASUREMENT_OUTPUTS):
             every_output[key].unlink(missing_ok=True)
-        job.row.update(write_photo_outputs(job.paths, job.photo, job.prob, job.mask, threshold))
+    cracks, measuring = None, time.perf_counter()
+    if cfg.measure or drop_joints:  # joints are told from cracks by their measures
+        rule = settings["joint_rule"]
+        cracks = measure_mask(job.mask, settings["min_crack_length_px"], None if rule is None else JointRule(**rule))
+    measure_seconds = time.perf_counter() - measuring
+    joints = split_joints(job.mask, cracks) if drop_joints else None
+    if not job.remeasure:
+        if drop_joints and joints.any():
+            write_image(job.paths["joints"], joints.astype(np.uint8) * 255)
+        job.row.update(write_photo_outputs(job.paths, job.photo, job.prob, job.mask, threshold, dropped_joints(cfg)))
         job.prob = None
     if cfg.measure:
         measuring = time.perf_counter()
-        cracks = measure_mask(job.mask, settings["min_crack_length_px"])
         job.row.update(write_crack_outputs(job.paths, job.photo, cracks, settings))
-        job.row["measure_seconds"] = round(time.perf_counter() - measuring, 2)
+        job.row["measure_seconds"] = round(measure_seconds + time.perf_counter() - measuring, 2)
     job.row["status"] = "ok"
 
 
@@ -246,4 +275,4 @@ def _measured(paths: dict[str, Path], settings: dict) -> dict | None:
 def _report_settings(cfg: DictConfig, predictor: Predictor, threshold: float, settings: dict) -> dict:
     return {"checkpoint": cfg.ckpt, "input": cfg.input, "output": cfg.output, "scales": list(cfg.scales), "cascade": cfg.cascade,
             "tile": predictor.tile, "overlap": cfg.overlap, "blend": cfg.blend, "threshold": threshold,
-            "device": cfg.device, "precision": predictor.precision, **settings}
+            "device": cfg.device, "precision": predictor.precision, "keep_joints": cfg.keep_joints, **settings}

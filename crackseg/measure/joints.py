@@ -1,0 +1,72 @@
+"""Crack or joint, per instance (issue 15, remedy 3).
+
+Joints between blocks and slab borders are the method's named failure. Seen as instances of the
+mask they are long, straight and of constant width, where cracks wander and vary: an instance is
+a joint when it is at least ``min_length_px`` long, every branch of its centre line is straight
+(end-to-end distance over length at least ``min_straightness``) and its width varies little
+(coefficient of variation of the width profile at most ``max_width_variation``). A crack crossing a
+joint makes one instance whose crack branches are not straight: it stays a crack. Calibrated on the
+labelled cracks of ../shared/data and on joints pasted onto real photos (BENCHMARKS.md, issue 15).
+Hand-written: no library of the field classifies line instances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+JOINT = "joint"
+
+
+@dataclass(frozen=True)
+class JointRule:
+    min_length_px: float = 100.0
+    min_straightness: float = 0.99
+    max_width_variation: float = 0.3
+
+    def __post_init__(self):
+        if not (self.min_length_px >= 0 and 0 <= self.min_straightness <= 1 and self.max_width_variation >= 0):
+            raise ValueError(f"a joint rule needs min_length_px >= 0, min_straightness in [0, 1] and "
+                             f"max_width_variation >= 0, got {self}")
+
+
+def straightness(skeleton: list[np.ndarray], closed: list[bool]) -> float:
+    """The least straight branch's end-to-end distance over its length (1: a straight line; a ring: 0)."""
+    ratios = []
+    for line, ring in zip(skeleton, closed):
+        length = float(np.hypot(*np.diff(line, axis=0).T).sum()) if len(line) > 1 else 0.0
+        ratios.append(0.0 if ring else (float(np.hypot(*(line[-1] - line[0]))) / length if length > 0 else 1.0))
+    return min(ratios, default=1.0)
+
+
+def width_variation(widths: np.ndarray) -> float:
+    """Standard deviation over mean of a width profile."""
+    return float(widths.std() / widths.mean()) if len(widths) and widths.mean() > 0 else 0.0
+
+
+def is_joint(length: float, skeleton: list[np.ndarray], closed: list[bool], widths: np.ndarray, rule: JointRule) -> bool:
+    return (length >= rule.min_length_px and width_variation(widths) <= rule.max_width_variation
+            and straightness(skeleton, closed) >= rule.min_straightness)
+
+
+def instance_pixels(mask: np.ndarray, bbox: tuple[int, int, int, int], inside: tuple[int, int]) -> tuple[slice, slice, np.ndarray]:
+    """The pixels of the 8-connected instance of ``mask`` through pixel ``inside`` (x, y), as a crop
+    of its bounding box ``bbox`` (x, y, w, h): ``(rows, cols, bool crop)``."""
+    x, y, w, h = bbox
+    rows, cols = slice(y, y + h), slice(x, x + w)
+    _, labels = cv2.connectedComponents((mask[rows, cols] > 0).view(np.uint8), connectivity=8)
+    return rows, cols, labels == labels[inside[1] - y, inside[0] - x]
+
+
+def split_joints(mask: np.ndarray, cracks: list) -> np.ndarray:
+    """Move the pixels of the instances typed ``joint`` among ``cracks`` (measured on ``mask``) out
+    of ``mask``, in place; returns them as a mask of their own."""
+    joints = np.zeros(mask.shape, bool)
+    for crack in cracks:
+        if crack.type == JOINT:
+            rows, cols, pixels = instance_pixels(mask, crack.bbox, tuple(crack.outline[0][0]))
+            joints[rows, cols] |= pixels
+            mask[rows, cols] &= ~pixels
+    return joints
