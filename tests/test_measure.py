@@ -180,7 +180,9 @@ def test_command_prints_json_and_rejects_bad_input(tmp_path):
                             text=True, cwd=ROOT, check=True)
     (crack,) = json.loads(result.stdout)
     assert {"length", "max_width", "mean_width", "orientation_deg", "type", "branches"} <= set(crack)
-    assert crack["unit"] == "mm" and crack["length"] == pytest.approx(250, abs=1)
+    assert crack["unit"] == "mm" and crack["length"] == pytest.approx(250, abs=1) and crack["type"] == "diagonal"
+    result = subprocess.run(command + [str(tmp_path / "mask.png"), "--joints"], capture_output=True, text=True, cwd=ROOT)
+    assert json.loads(result.stdout)[0]["type"] == JOINT
     (tmp_path / "bad.png").write_bytes(b"not a png")
     result = subprocess.run(command + [str(tmp_path / "bad.png")], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode != 0 and "bad.png" in result.stderr

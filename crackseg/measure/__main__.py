@@ -7,7 +7,7 @@ import json
 import sys
 
 from crackseg.io import ImageReadError, read_mask
-from crackseg.measure import measure_mask
+from crackseg.measure import JointRule, measure_mask
 
 
 def _positive(text: str) -> float:
@@ -23,9 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mm-per-px", type=_positive, help="lengths and widths in mm instead of px")
     parser.add_argument("--min-length-px", type=float, default=0.0, help="leave out shorter cracks")
     parser.add_argument("--geometry", action="store_true", help="add skeleton and outline polygons")
+    parser.add_argument("--joints", action="store_true", help="type long, straight, even instances 'joint' (predict.py's rule)")
     args = parser.parse_args(argv)
     try:
-        cracks = measure_mask(read_mask(args.mask), args.min_length_px)
+        cracks = measure_mask(read_mask(args.mask), args.min_length_px, JointRule() if args.joints else None)
     except ImageReadError as err:
         sys.exit(f"error: {err}")
     print(json.dumps([c.to_dict(args.mm_per_px, args.geometry) for c in cracks], indent=1))
