@@ -9,6 +9,7 @@ photos are ``uint8`` RGB ``(H, W, 3)``, masks are ``uint8`` ``(H, W)`` with valu
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -175,6 +176,15 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def file_digest(path: str | Path) -> str:
+    """The first 24 hex digits of the SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:24]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -9,7 +9,6 @@ export had them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crackseg.io import atomic_write_bytes
+from crackseg.io import atomic_write_bytes, file_digest
 from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.models.nets import CrackSegNet
 from crackseg.models.thresholds import check_key
@@ -62,8 +61,7 @@ def cached_export(ckpt: str | Path, cache_dir: str | Path) -> Path:
     """The ONNX file of checkpoint ``ckpt`` in ``cache_dir``, exported on first use and named by
     the hash of the checkpoint's bytes (a changed checkpoint is exported again); its metadata
     holds the trained threshold (the ones chosen on validation stay beside the checkpoint)."""
-    digest = hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()[:24]
-    path = Path(cache_dir) / f"{Path(ckpt).stem}-{digest}.onnx"
+    path = Path(cache_dir) / f"{Path(ckpt).stem}-{file_digest(ckpt)}.onnx"
     if not path.is_file():
         model = load_model(ckpt)
         log.info("exporting %s to ONNX once for CPU prediction (about a minute; backend=torch skips it): %s", ckpt, path)

@@ -3,6 +3,8 @@
 ``<model stem>.threshold.json`` holds ``{"by_scales": {"1,2,0.5": {"threshold": t, ...}, "1": ...}}``:
 multi-scale averaging changes the probabilities, so each scale set has its own best threshold.
 A file in the older one-threshold layout (``{"threshold": t, "scales": [...]}``) reads as one entry.
+Each entry records the SHA-256 of the model file it was chosen for (``model_sha256``): once the file
+holds other weights (retrained or copied over), its entries no longer apply.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from crackseg.io import atomic_write_bytes, rewrite_lock
+from crackseg.io import atomic_write_bytes, file_digest, rewrite_lock
 
 log = logging.getLogger(__name__)
 
 ANY_SCALES = "*"  # an old file that did not record its scales
+MODEL_KEY = "model_sha256"
 
 
 class ThresholdFileError(ValueError):
@@ -56,7 +59,8 @@ def find_entry(entries: dict[str, dict], scales: Sequence[float]) -> str | None:
 
 
 def read_thresholds(model_path: str | Path) -> dict[str, dict]:
-    """``{scales key: entry}`` stored beside ``model_path`` (empty when there is no file)."""
+    """``{scales key: entry}`` stored beside ``model_path`` for the weights it holds (empty when there
+    is no file); entries chosen for other weights are left out, with a warning."""
     path = threshold_path(model_path)
     if not path.is_file():
         return {}
@@ -70,7 +74,17 @@ def read_thresholds(model_path: str | Path) -> dict[str, dict]:
             check_key(key)
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ThresholdFileError(f"unreadable threshold file {path}: {err}") from err
-    return entries
+    digest = _digest(model_path) if any(MODEL_KEY in e for e in entries.values()) else None
+    stale = sorted(k for k, e in entries.items() if e.get(MODEL_KEY) not in (None, digest))
+    if stale:
+        log.warning("%s: the thresholds at scales %s were chosen for other weights than %s holds now (it was retrained "
+                    "or replaced): not used; evaluate the val split again", path, " and ".join(f"[{k}]" for k in stale),
+                    model_path)
+    return {k: e for k, e in entries.items() if k not in stale}
+
+
+def _digest(model_path: str | Path) -> str | None:
+    return file_digest(model_path) if Path(model_path).is_file() else None
 
 
 def write_threshold(model_path: str | Path, threshold: float, scales: Sequence[float], details: dict,
@@ -93,8 +107,32 @@ def write_threshold(model_path: str | Path, threshold: float, scales: Sequence[f
                         kept.get("rule", "pooled"), key, path, threshold, *chosen_by)
             return None
         entries[key] = {"threshold": float(threshold), "scales": [float(s) for s in scales], **details}
-        atomic_write_bytes(path, json.dumps({"by_scales": entries}, indent=1).encode())
+        _write(path, entries, model_path)
         return path
+
+
+def _write(path: Path, entries: dict[str, dict], model_path: str | Path) -> None:
+    """``entries`` into the threshold file ``path``, each marked as chosen for the weights in ``model_path``."""
+    digest = _digest(model_path)
+    entries = {k: {**e, MODEL_KEY: digest} if digest else e for k, e in entries.items()}
+    atomic_write_bytes(path, json.dumps({"by_scales": entries}, indent=1).encode())
+
+
+def carry_thresholds(source_model: str | Path, target_model: str | Path) -> Path | None:
+    """The thresholds chosen for ``source_model`` stored beside ``target_model``, an export of the same
+    weights written already; without any, an earlier export's file there is removed. Returns the file."""
+    source, target = threshold_path(source_model), threshold_path(target_model)
+    if source.resolve() == target.resolve():
+        return target
+    entries = read_thresholds(source_model)
+    with rewrite_lock(target):
+        if entries:
+            _write(target, entries, target_model)
+            return target
+        if target.is_file():
+            target.unlink()
+            log.warning("removed %s, an earlier export's thresholds: %s has none", target, source_model)
+    return None
 
 
 def resolve_threshold(model_path: str | Path, trained: float, threshold: float | None, scales: Sequence[float],

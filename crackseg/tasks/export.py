@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from crackseg.inference.onnx import export_onnx
 from crackseg.io import atomic_write_bytes
 from crackseg.models.checkpoints import load_model, save_slim_checkpoint
-from crackseg.models.thresholds import find_entry, read_thresholds, threshold_path
+from crackseg.models.thresholds import carry_thresholds, find_entry, read_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def export(cfg: DictConfig) -> Path:
         from crackseg.inference.quantize import calibration_path
 
         _carry_beside(calibration_path(cfg.ckpt), calibration_path(out), "int8 calibration")
-    _carry_beside(threshold_path(cfg.ckpt), threshold_path(out), "thresholds chosen on validation")
+    if carry_thresholds(cfg.ckpt, out):
+        log.info("thresholds chosen on validation -> beside %s", out)
     default = find_entry(chosen, DEFAULT_SCALES)
     log.info("exported %s -> %s (threshold %.3f at scales %s, tile %d)", cfg.ckpt, out,
              chosen[default]["threshold"] if default else model.threshold, list(DEFAULT_SCALES), model.tile)
