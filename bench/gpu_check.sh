@@ -14,8 +14,12 @@ fi
 nvidia-smi -L; python3 -c "import torch, segmentation_models_pytorch as smp; print(torch.__version__, smp.__version__, torch.cuda.get_device_name())"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; local t=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$? ${name} $((SECONDS - t)) s"; tail -n 3 "$OUT/$name.log"; }
-if [ -d .gpudata ] && [ ! -e ../shared/data ]; then mkdir -p ../shared && ln -s "$PWD/.gpudata" ../shared/data; fi
+linked=
+if [ -d .gpudata ] && [ ! -e ../shared/data ]; then
+  mkdir -p ../shared && ln -s "$PWD/.gpudata" ../shared/data && linked=1
+  trap '[ -n "$linked" ] && rm -f ../shared/data' EXIT
+fi
 step tiler 100 python3 bench/tiler_bench.py --device cuda --rounds 3
-[ -L ../shared/data ] && rm ../shared/data
+if [ -n "$linked" ]; then rm -f ../shared/data; linked=; fi
 step batch 300 python3 bench/batch_bench.py --count 12 --size 4000x3000 --big 2
 step pytest ${PYTEST_LIMIT:-120} python3 -m pytest -q -x -p no:cacheprovider -n 8 tests

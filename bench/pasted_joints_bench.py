@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
             "joint_flagged_rule": round(flagged_rule / max(joint_px, 1), 4),
             "dice_clean_rule": round(clean_rule.dice, 4), "dice_with_joints_rule": round(pasted_rule.dice, 4),
             "precision_clean_rule": round(clean_rule.precision, 4),
+            "recall_clean": round(clean.recall, 4), "recall_clean_rule": round(clean_rule.recall, 4),
             "precision_with_joints_rule": round(pasted_rule.precision, 4),
             "crack_px_removed": round((clean.tp - clean_rule.tp) / max(clean.tp, 1), 4),
             "seconds": round(time.perf_counter() - started, 1),

@@ -99,7 +99,7 @@ def test_val_evaluation_stores_the_ods_threshold_for_prediction(red_checkpoint, 
     assert read_thresholds(ckpt) == {
         "1": stored, "1,2": {"threshold": ms["ods_threshold"], "scales": [1.0, 2.0], "rule": "dataset_mean",
                              "dice": ms["chosen"]["dice"], "ods": ms["ods"], "split": ms["split"], "photos": 2,
-                             "precision": "fp32", "model_sha256": file_digest(ckpt)}}
+                             "precision": "fp32", "model_sha256": [file_digest(ckpt)]}}
     assert resolve_threshold(ckpt, trained, None, [1, 2]) == ms["ods_threshold"]
     assert resolve_threshold(ckpt, trained, 0.25, [1, 2]) == 0.25
 
@@ -222,7 +222,7 @@ def test_thresholds_chosen_for_other_weights_no_longer_apply(tmp_path, caplog):
     model.write_bytes(b"weights of the first training")
     write_threshold(model, 0.38, [1, 2, 0.5], {"split": "val"})
     write_threshold(model, 0.41, [1], {"split": "val"})
-    assert read_thresholds(model)["1"]["model_sha256"] == file_digest(model)
+    assert read_thresholds(model)["1"]["model_sha256"] == [file_digest(model)]
     assert resolve_threshold(model, 0.5, None, [1]) == 0.41
     model.write_bytes(b"weights of a second training, saved to the same file")
     with caplog.at_level(logging.WARNING, logger="crackseg.models.thresholds"):
@@ -230,7 +230,7 @@ def test_thresholds_chosen_for_other_weights_no_longer_apply(tmp_path, caplog):
     assert "thresholds at scales [1] and [1,2,0.5] were chosen for other weights" in caplog.text
     write_threshold(model, 0.3, [1], {"split": "test"})  # a stale entry is no reason to keep anything
     assert {k: e["threshold"] for k, e in read_thresholds(model).items()} == {"1": 0.3}
-    assert list(json.loads(threshold_path(model).read_text())["by_scales"]) == ["1"]
+    assert sorted(json.loads(threshold_path(model).read_text())["by_scales"]) == ["1", "1,2,0.5"]  # for the old file
 
 
 def test_evaluations_storing_thresholds_at_once_keep_each_others(tmp_path):

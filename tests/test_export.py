@@ -162,6 +162,22 @@ def test_exports_carry_the_thresholds_chosen_on_validation(checkpoint, tmp_path)
         assert not threshold_path(out).exists() and resolve_threshold(out, 0.5, None, [1, 2, 0.5]) == 0.5
 
 
+def test_an_onnx_export_beside_its_checkpoint_shares_its_threshold_file(checkpoint, tmp_path, caplog):
+    ckpt = tmp_path / "m.ckpt"  # exported to m.onnx: both use m.threshold.json
+    ckpt.write_bytes(checkpoint.read_bytes())
+    write_threshold(ckpt, 0.61, [1], {"split": "val"})
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        out = export(compose("export", overrides=[f"ckpt={ckpt}"]))
+    assert out == tmp_path / "m.onnx" and threshold_path(out) == threshold_path(ckpt)
+    with caplog.at_level(logging.WARNING, logger="crackseg.models.thresholds"):
+        assert resolve_threshold(out, 0.5, None, [1]) == resolve_threshold(ckpt, 0.5, None, [1]) == 0.61
+        write_threshold(out, 0.55, [1], {"split": "val"})  # evaluated again through the export: both follow
+        assert resolve_threshold(ckpt, 0.5, None, [1]) == resolve_threshold(out, 0.5, None, [1]) == 0.55
+    assert not [r for r in caplog.records if r.name == "crackseg.models.thresholds"]
+    ckpt.write_bytes(checkpoint.read_bytes() + b"\0")  # retrained to the same path: only the export keeps it
+    assert resolve_threshold(ckpt, 0.5, None, [1]) == 0.5 and resolve_threshold(out, 0.5, None, [1]) == 0.55
+
+
 def test_a_threshold_file_of_the_older_layout_exports(checkpoint, tmp_path):
     ckpt = tmp_path / "m.ckpt"
     ckpt.write_bytes(checkpoint.read_bytes())

@@ -300,6 +300,12 @@ def test_a_photo_predicted_again_and_stopped_midway_is_never_left_with_its_old_m
     assert predict(cfg) == 0 and not (out / "a_cracks.json").exists()
     cfg.measure = True
     assert predict(cfg) == 0 and len(json.loads((out / "a_cracks.json").read_text())["cracks"]) == 2
+    cfg.threshold = 0.99  # predicted again, killed while writing its measurement: the new mask stays, unmeasured
+    monkeypatch.setattr(predict_module, "write_crack_outputs", broken)
+    assert predict(cfg) == 1 and not (out / "a_cracks.json").exists() and (out / "a_mask.png").is_file()
+    monkeypatch.undo()
+    assert predict(cfg) == 0 and len(json.loads((out / "a_cracks.json").read_text())["cracks"]) == 1
+    assert next(csv.DictReader((out / "summary.csv").open()))["detail"] == "measured the saved mask"
 
 
 def test_a_photo_another_run_is_predicting_is_left_to_it(red_checkpoint, tmp_path, caplog):

@@ -3,8 +3,9 @@
 ``<model stem>.threshold.json`` holds ``{"by_scales": {"1,2,0.5": {"threshold": t, ...}, "1": ...}}``:
 multi-scale averaging changes the probabilities, so each scale set has its own best threshold.
 A file in the older one-threshold layout (``{"threshold": t, "scales": [...]}``) reads as one entry.
-Each entry records the SHA-256 of the model file it was chosen for (``model_sha256``): once the file
-holds other weights (retrained or copied over), its entries no longer apply.
+Each entry records the SHA-256 of the model files it was chosen for (``model_sha256``, a list: a
+checkpoint and its export beside it share one file): once a file holds other weights (retrained or
+copied over), the entries no longer apply to it.
 """
 
 from __future__ import annotations
@@ -61,6 +62,18 @@ def find_entry(entries: dict[str, dict], scales: Sequence[float]) -> str | None:
 def read_thresholds(model_path: str | Path) -> dict[str, dict]:
     """``{scales key: entry}`` stored beside ``model_path`` for the weights it holds (empty when there
     is no file); entries chosen for other weights are left out, with a warning."""
+    entries = _read_all(model_path)
+    digest = _digest(model_path) if any(MODEL_KEY in e for e in entries.values()) else None
+    stale = sorted(k for k, e in entries.items() if not _chosen_for(e, digest))
+    if stale:
+        log.warning("%s: the thresholds at scales %s were chosen for other weights than %s holds now (it was retrained "
+                    "or replaced): not used; evaluate the val split again", threshold_path(model_path),
+                    " and ".join(f"[{k}]" for k in stale), model_path)
+    return {k: e for k, e in entries.items() if k not in stale}
+
+
+def _read_all(model_path: str | Path) -> dict[str, dict]:
+    """Every entry of the threshold file beside ``model_path``, whatever weights it was chosen for."""
     path = threshold_path(model_path)
     if not path.is_file():
         return {}
@@ -72,15 +85,16 @@ def read_thresholds(model_path: str | Path) -> dict[str, dict]:
         for key, entry in entries.items():
             entry["threshold"] = float(entry["threshold"])
             check_key(key)
+            if not isinstance(entry.get(MODEL_KEY, []), list):
+                raise ValueError(f"{MODEL_KEY} must be a list of file hashes")
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ThresholdFileError(f"unreadable threshold file {path}: {err}") from err
-    digest = _digest(model_path) if any(MODEL_KEY in e for e in entries.values()) else None
-    stale = sorted(k for k, e in entries.items() if e.get(MODEL_KEY) not in (None, digest))
-    if stale:
-        log.warning("%s: the thresholds at scales %s were chosen for other weights than %s holds now (it was retrained "
-                    "or replaced): not used; evaluate the val split again", path, " and ".join(f"[{k}]" for k in stale),
-                    model_path)
-    return {k: e for k, e in entries.items() if k not in stale}
+    return entries
+
+
+def _chosen_for(entry: dict, digest: str | None) -> bool:
+    """Whether ``entry`` applies to the model file of hash ``digest`` (an entry without hashes: any)."""
+    return MODEL_KEY not in entry or digest in entry[MODEL_KEY]
 
 
 def _digest(model_path: str | Path) -> str | None:
@@ -93,9 +107,12 @@ def write_threshold(model_path: str | Path, threshold: float, scales: Sequence[f
     One chosen at these scales on another split (``details["split"]``) or by another rule
     (``details["rule"]``; entries without one were chosen by ``pooled``) is kept unless ``replace``:
     evaluating a model on other data (say the shipped one on synthetic photos) must not silently
-    change the threshold prediction uses. Returns the file, or None when nothing was written."""
+    change the threshold prediction uses. The entry holds the hash of the model file and of the
+    files sharing this threshold file with it (a checkpoint and its ONNX export beside it).
+    Returns the file, or None when nothing was written."""
     path = threshold_path(model_path)
     with rewrite_lock(path):  # evaluations at other scales may update the file at the same time
+        every = _read_all(model_path)
         entries = read_thresholds(model_path)
         key = find_entry(entries, scales)
         key = scales_key(scales) if key in (None, ANY_SCALES) else key
@@ -106,28 +123,34 @@ def write_threshold(model_path: str | Path, threshold: float, scales: Sequence[f
                         "on %s (rule %s; save_threshold=replace to store it)", kept["threshold"], kept.get("split"),
                         kept.get("rule", "pooled"), key, path, threshold, *chosen_by)
             return None
-        entries[key] = {"threshold": float(threshold), "scales": [float(s) for s in scales], **details}
-        _write(path, entries, model_path)
+        entry = {"threshold": float(threshold), "scales": [float(s) for s in scales], **details}
+        digest = _digest(model_path)
+        if digest:
+            entry[MODEL_KEY] = sorted({digest, *(d for e in entries.values() for d in e.get(MODEL_KEY, []))})
+        every = {k: e for k, e in every.items() if find_entry({k: e}, scales) in (None, ANY_SCALES) or k == key}
+        every[key] = entry
+        atomic_write_bytes(path, json.dumps({"by_scales": every}, indent=1).encode())
         return path
 
 
-def _write(path: Path, entries: dict[str, dict], model_path: str | Path) -> None:
-    """``entries`` into the threshold file ``path``, each marked as chosen for the weights in ``model_path``."""
-    digest = _digest(model_path)
-    entries = {k: {**e, MODEL_KEY: digest} if digest else e for k, e in entries.items()}
-    atomic_write_bytes(path, json.dumps({"by_scales": entries}, indent=1).encode())
-
-
 def carry_thresholds(source_model: str | Path, target_model: str | Path) -> Path | None:
-    """The thresholds chosen for ``source_model`` stored beside ``target_model``, an export of the same
-    weights written already; without any, an earlier export's file there is removed. Returns the file."""
+    """The thresholds chosen for ``source_model`` made to apply to ``target_model`` too, an export of
+    the same weights written already: beside it (or, sharing the file, marked with its hash too);
+    without any, an earlier export's file there is removed. Returns the file, or None."""
     source, target = threshold_path(source_model), threshold_path(target_model)
-    if source.resolve() == target.resolve():
-        return target
     entries = read_thresholds(source_model)
+    digest = _digest(target_model)
     with rewrite_lock(target):
+        if source.resolve() == target.resolve():
+            marked = {k: {**e, MODEL_KEY: sorted({digest, *e[MODEL_KEY]})} for k, e in entries.items()
+                      if MODEL_KEY in e and digest}
+            if marked:
+                atomic_write_bytes(target, json.dumps({"by_scales": {**_read_all(source_model), **marked}}, indent=1).encode())
+            return target if entries else None
         if entries:
-            _write(target, entries, target_model)
+            marked = {k: {**{f: v for f, v in e.items() if f != MODEL_KEY}, **({MODEL_KEY: [digest]} if digest else {})}
+                      for k, e in entries.items()}
+            atomic_write_bytes(target, json.dumps({"by_scales": marked}, indent=1).encode())
             return target
         if target.is_file():
             target.unlink()

@@ -7,7 +7,7 @@ import html
 import urllib.parse
 from pathlib import Path
 
-from crackseg.measure import TYPES
+from crackseg.measure import JOINT, TYPES
 from crackseg.report.crack_outputs import CLASS_COLOURS, width_classes
 
 _STYLE = """
@@ -45,14 +45,15 @@ def render_report(entries: list[dict], settings: dict, generated: str, max_figur
     figures = [e for e in measured if e["photo"] in shown]
     cracks = [(e, c) for e in measured for c in e["document"]["cracks"]]
     cracks.sort(key=lambda ec: -ec[1]["max_width"])
-    total_length = sum(c["length"] for _, c in cracks)
-    widest = max((c["max_width"] for _, c in cracks), default=0)
+    proper = [c for _, c in cracks if c["type"] != JOINT]  # joints are listed, but not counted as cracks
+    total_length = sum(c["length"] for c in proper)
+    widest = max((c["max_width"] for c in proper), default=0)
 
     parts = [
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'>{_CSP}<title>Crack report</title>"
         f"<style>{_STYLE}</style></head><body><h1>Crack report</h1>",
-        f"<p>{len(entries)} photo(s), {len(measured)} measured; {len(cracks)} crack(s), total length "
-        f"{total_length:.6g} {unit}, widest {widest:g} {unit}. Generated {_e(generated)} by crackseg.</p>",
+        f"<p>{len(entries)} photo(s), {len(measured)} measured; {len(proper)} crack(s), total length "
+        f"{total_length:.6g} {unit}, widest {widest:g} {unit}; {len(cracks) - len(proper)} joint(s). Generated {_e(generated)} by crackseg.</p>",
         "<p>Width classes (overlays colour each point of a crack's centre line by its local width; the "
         "tables give the class of a crack's maximum width): "
         + " ".join(f"{_swatch(i)}{_e(label)}" for i, label in enumerate(classes)) + "</p>",
@@ -89,7 +90,7 @@ def _photo_table(entries: list[dict], shown: set[str], classes: list[str], unit:
         if doc:
             totals = doc["totals"]
             values = ([f"{doc['width']}x{doc['height']}", totals["cracks"], f"{totals['total_length']:g}",
-                       f"{totals['max_width']:g}"] + [totals["types"][t] for t in TYPES]
+                       f"{totals['max_width']:g}"] + [totals["types"].get(t, 0) for t in TYPES]  # older files: no joints
                       + [totals["width_classes"].get(c, 0) for c in classes])
             cells += [f"<td>{_e(v)}</td>" for v in values]
         rows.append("<tr>" + "".join(cells) + "</tr>")

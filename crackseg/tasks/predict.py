@@ -53,7 +53,7 @@ def predict(cfg: DictConfig) -> int:
 
     A photo whose outputs all exist is skipped; one whose prediction exists but whose measurement
     is missing or was made with other measurement settings is measured again from its saved mask;
-    one whose mask was made at another threshold is predicted again.
+    one whose mask was made at another threshold or left out other joints is predicted again.
     Each photo is claimed with a lock file while it is worked on, so runs started on the same
     output share the photos instead of each doing them all. The campaign's summary.csv (and
     cracks.csv, report.html) cover the photos of every shard that has finished.
@@ -96,7 +96,7 @@ class _PhotoJob:
     claim: ExitStack = field(default_factory=ExitStack)
     done: bool = False
     remeasure: bool = False  # its prediction exists: measure the saved mask
-    saved: dict | None = None  # the head of its saved _contours.json (size, threshold, count), once read
+    saved: dict | None = None  # the head of its saved _contours.json (size, threshold, count, joints), once read
     photo: np.ndarray | None = None
     prob: np.ndarray | None = None
     mask: np.ndarray | None = None
@@ -248,10 +248,11 @@ def _write(job: _PhotoJob, cfg: DictConfig, threshold: float, settings: dict) ->
             every_output[key].unlink(missing_ok=True)
     cracks, measuring = None, time.perf_counter()
     if cfg.measure or drop_joints:  # joints are told from cracks by their measures
-        rule = settings["joint_rule"]
-        cracks = measure_mask(job.mask, settings["min_crack_length_px"], None if rule is None else JointRule(**rule))
+        cracks = _measure(job.mask, settings)
     measure_seconds = time.perf_counter() - measuring
     joints = split_joints(job.mask, cracks) if drop_joints else None
+    if cracks is not None:
+        cracks = _at_least(cracks, settings["min_crack_length_px"])
     if not job.remeasure:
         if drop_joints and joints.any():
             write_image(job.paths["joints"], joints.astype(np.uint8) * 255)
@@ -262,6 +263,22 @@ def _write(job: _PhotoJob, cfg: DictConfig, threshold: float, settings: dict) ->
         job.row.update(write_crack_outputs(job.paths, job.photo, cracks, settings))
         job.row["measure_seconds"] = round(measure_seconds + time.perf_counter() - measuring, 2)
     job.row["status"] = "ok"
+
+
+def _measure(mask: np.ndarray, settings: dict) -> list:
+    """The mask's instances typed by the joint rule, measured down to the rule's length even where
+    ``min_crack_length_px`` is longer: which joints leave the mask does not depend on it."""
+    rule = None if settings["joint_rule"] is None else JointRule(**settings["joint_rule"])
+    shortest = settings["min_crack_length_px"] if rule is None else min(settings["min_crack_length_px"], rule.min_length_px)
+    return measure_mask(mask, shortest, rule)
+
+
+def _at_least(cracks: list, min_length_px: float) -> list:
+    """The cracks (and joints) at least ``min_length_px`` long, numbered again from 1."""
+    kept = [c for c in cracks if c.length >= min_length_px]
+    for number, crack in enumerate(kept, 1):
+        crack.id = number
+    return kept
 
 
 def _measured(paths: dict[str, Path], settings: dict) -> dict | None:
