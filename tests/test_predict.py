@@ -465,7 +465,9 @@ def test_joints_leave_the_mask_into_their_own_file_and_stay_in_the_measurements(
     mask, types, row = outputs()
     assert np.array_equal(read_mask(out / "wall_joints.png"), joint) and not (mask & joint).any() and mask.sum() > 500
     assert types == ["diagonal", "joint"] or types == ["horizontal", "joint"]
-    assert (row["cracks"], row["joints"]) == ("1", "1") and ">joint<" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert (row["cracks"], row["joints"]) == ("1", "1") and ">joint<" in report and "1 crack(s)" in report
+    assert "; 1 joint(s)." in report
     cfg.mm_per_px = 0.5  # measured again from the saved mask and joints: the joint is still reported
     assert predict(cfg) == 0
     assert outputs()[1] == types and outputs()[2]["detail"] == "measured the saved mask"
