@@ -62,14 +62,20 @@ def find_entry(entries: dict[str, dict], scales: Sequence[float]) -> str | None:
 def read_thresholds(model_path: str | Path) -> dict[str, dict]:
     """``{scales key: entry}`` stored beside ``model_path`` for the weights it holds (empty when there
     is no file); entries chosen for other weights are left out, with a warning."""
-    entries = _read_all(model_path)
-    digest = _digest(model_path) if any(MODEL_KEY in e for e in entries.values()) else None
-    stale = sorted(k for k, e in entries.items() if not _chosen_for(e, digest))
+    return _entries(model_path)[1]
+
+
+def _entries(model_path: str | Path) -> tuple[dict[str, dict], dict[str, dict], str | None]:
+    """The threshold file read once: every entry, those chosen for the weights ``model_path`` holds,
+    and its hash (None when no entry records one, or there is no model file)."""
+    every = _read_all(model_path)
+    digest = _digest(model_path) if any(MODEL_KEY in e for e in every.values()) else None
+    stale = sorted(k for k, e in every.items() if not _chosen_for(e, digest))
     if stale:
         log.warning("%s: the thresholds at scales %s were chosen for other weights than %s holds now (it was retrained "
                     "or replaced): not used; evaluate the val split again", threshold_path(model_path),
                     " and ".join(f"[{k}]" for k in stale), model_path)
-    return {k: e for k, e in entries.items() if k not in stale}
+    return every, {k: e for k, e in every.items() if k not in stale}, digest
 
 
 def _read_all(model_path: str | Path) -> dict[str, dict]:
@@ -112,8 +118,7 @@ def write_threshold(model_path: str | Path, threshold: float, scales: Sequence[f
     Returns the file, or None when nothing was written."""
     path = threshold_path(model_path)
     with rewrite_lock(path):  # evaluations at other scales may update the file at the same time
-        every = _read_all(model_path)
-        entries = read_thresholds(model_path)
+        every, entries, digest = _entries(model_path)
         key = find_entry(entries, scales)
         key = scales_key(scales) if key in (None, ANY_SCALES) else key
         kept = entries.get(key)
@@ -124,7 +129,7 @@ def write_threshold(model_path: str | Path, threshold: float, scales: Sequence[f
                         kept.get("rule", "pooled"), key, path, threshold, *chosen_by)
             return None
         entry = {"threshold": float(threshold), "scales": [float(s) for s in scales], **details}
-        digest = _digest(model_path)
+        digest = digest or _digest(model_path)
         if digest:
             entry[MODEL_KEY] = sorted({digest, *(d for e in entries.values() for d in e.get(MODEL_KEY, []))})
         every = {k: e for k, e in every.items() if find_entry({k: e}, scales) in (None, ANY_SCALES) or k == key}
@@ -138,14 +143,14 @@ def carry_thresholds(source_model: str | Path, target_model: str | Path) -> Path
     the same weights written already: beside it (or, sharing the file, marked with its hash too);
     without any, an earlier export's file there is removed. Returns the file, or None."""
     source, target = threshold_path(source_model), threshold_path(target_model)
-    entries = read_thresholds(source_model)
     digest = _digest(target_model)
-    with rewrite_lock(target):
+    with rewrite_lock(target):  # read inside: sharing the file, an evaluation may be rewriting it
+        every, entries, _ = _entries(source_model)
         if source.resolve() == target.resolve():
             marked = {k: {**e, MODEL_KEY: sorted({digest, *e[MODEL_KEY]})} for k, e in entries.items()
                       if MODEL_KEY in e and digest}
             if marked:
-                atomic_write_bytes(target, json.dumps({"by_scales": {**_read_all(source_model), **marked}}, indent=1).encode())
+                atomic_write_bytes(target, json.dumps({"by_scales": {**every, **marked}}, indent=1).encode())
             return target if entries else None
         if entries:
             marked = {k: {**{f: v for f, v in e.items() if f != MODEL_KEY}, **({MODEL_KEY: [digest]} if digest else {})}
