@@ -38,13 +38,13 @@ from crackseg.data.folder import split_sources  # noqa: E402
 from crackseg.data.joints import paste_joints  # noqa: E402
 from crackseg.inference.backends import predictor_from_config  # noqa: E402
 from crackseg.io import read_pair  # noqa: E402
-from crackseg.measure import JointRule, measure_mask, split_joints  # noqa: E402
+from crackseg.measure import JointRule, take_joints  # noqa: E402
 
 
 def without_joints(mask: np.ndarray, rule: JointRule) -> np.ndarray:
     """``mask`` less the instances ``rule`` takes for joints (predict.py's ``keep_joints=false``)."""
     kept = mask.copy()
-    split_joints(kept, measure_mask(kept, 10, rule))
+    take_joints(kept, rule)
     return kept
 
 

@@ -267,3 +267,24 @@ def test_a_threshold_chosen_on_other_data_is_kept_unless_replaced(tmp_path, capl
     # the same data chosen by another rule is kept too (an entry without a rule was chosen by pooled)
     assert write_threshold(model, 0.3, [1], {"split": "general:val", "rule": "dataset_mean"}) is None
     assert write_threshold(model, 0.3, [1], {"split": "general:val", "rule": "pooled"}) == threshold_path(model)
+
+
+def test_the_mask_is_scored_without_the_joints_predict_leaves_out(red_checkpoint, tmp_path):
+    truth = np.zeros((160, 256), bool)
+    for x in range(20, 236):  # a wavy crack, predicted exactly
+        y = int(60 + 12 * np.sin(x / 15))
+        truth[y : y + 3, x] = True
+    pred = truth.copy()
+    pred[120:126, 20:236] = True  # a straight joint of constant width, not a crack
+    photo = np.full((*truth.shape, 3), 60, np.uint8)
+    photo[..., 0] = np.where(pred, 255, 0)
+    root = tmp_path / "data"
+    write_image(root / "images" / "test" / "slab.png", photo)
+    write_image(root / "masks" / "test" / "slab.png", truth.astype(np.uint8) * 255)
+    dropped = evaluate(_cfg(red_checkpoint, root, tmp_path / "out", "data.split=test", "save_threshold=false"))
+    assert dropped["dice"] == 1.0 and dropped["joints"] == {"px": 6 * 216, "crack_px": 0}
+    (row,) = csv.DictReader((tmp_path / "out" / "per_photo.csv").open())
+    assert int(row["joint_px"]) == 6 * 216
+    kept = evaluate(_cfg(red_checkpoint, root, tmp_path / "kept", "data.split=test", "save_threshold=false", "keep_joints=true"))
+    assert kept["dice"] == pytest.approx(metrics.confusion(pred, truth).dice, abs=1e-4) and kept["dice"] < 0.9
+    assert kept["joints"] == {"px": 0, "crack_px": 0} and kept["ods"] == dropped["ods"]  # the sweep is before the rule

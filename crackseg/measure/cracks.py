@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from skimage.morphology import skeletonize
 
-from crackseg.measure.joints import JOINT, JointRule, is_joint
+from crackseg.measure.joints import JOINT, JointRule, is_joint, split_joints
 from crackseg.measure.skeleton import Branch, SkeletonGraph, crossings_at, skeleton_graph
 
 SMALL_HOLE_PX = 64
@@ -105,6 +105,12 @@ def measure_mask(mask: np.ndarray, min_length_px: float = 0.0, joint_rule: Joint
     for number, crack in enumerate(cracks, 1):
         crack.id = number
     return cracks
+
+
+def take_joints(mask: np.ndarray, rule: JointRule) -> np.ndarray:
+    """Move the instances ``rule`` takes for joints out of the boolean ``mask``, in place, and return
+    them: predict.py's ``keep_joints=false`` for callers that need no measurements."""
+    return split_joints(mask, measure_mask(mask, rule.min_length_px, rule))
 
 
 def _measure_component(component: np.ndarray, offset: tuple[int, int], min_length_px: float,

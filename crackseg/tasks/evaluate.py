@@ -16,12 +16,13 @@ from crackseg import metrics
 from crackseg.inference.backends import predictor_from_config
 from crackseg.models.thresholds import write_threshold
 from crackseg.io import atomic_write, atomic_write_bytes, read_pair, write_csv
+from crackseg.measure import JointRule, take_joints
 from crackseg.options import check_inference_options
 
 log = logging.getLogger(__name__)
 
 PHOTO_FIELDS = ["photo", "source", "width", "height", "crack_px", "pred_px", "dice", "iou", "precision", "recall",
-                "f1_tol", "best_threshold", "best_f1", "distractor_fp_px", "seconds"]
+                "f1_tol", "best_threshold", "best_f1", "joint_px", "distractor_fp_px", "seconds"]
 
 
 def _data_name(data: DictConfig) -> str:
@@ -48,7 +49,10 @@ def _plot_pr_curve(path: Path, precision: np.ndarray, recall: np.ndarray, points
 
 def evaluate(cfg: DictConfig) -> dict:
     """Predict every photo of the split, stream the metrics, write the reports into
-    ``cfg.output``; returns the pooled results."""
+    ``cfg.output``; returns the pooled results. At the threshold used, the mask is scored as
+    predict.py writes it: without the instances the joint rule takes for joints (unless
+    ``keep_joints``); the threshold sweep (ODS, OIS, PR curve, the threshold chosen) scores the
+    probabilities, before the rule (measuring every threshold's mask would cost 256 measurements)."""
     check_inference_options(cfg)
     by_source = split_sources(cfg.data, cfg.data.split)
     pairs = [(name, *pair) for name, source_pairs in by_source.items() for pair in source_pairs]
@@ -63,12 +67,15 @@ def evaluate(cfg: DictConfig) -> dict:
     source_counts = {name: metrics.Counts() for name in by_source}
     source_histograms: dict[str, list[np.ndarray]] = {name: [] for name in by_source}
     distractor_fp, distractor_mp = 0, 0.0
+    rule = None if cfg.keep_joints or cfg.joint_rule is None else JointRule(**cfg.joint_rule)
+    joint_px = joint_crack_px = 0
     for source, photo_path, mask_path in tqdm(pairs, desc="photos", unit="photo"):
         started = time.perf_counter()
         photo, truth = read_pair(photo_path, mask_path)
         truth = truth.astype(bool)
         prob = predictor(photo)
         pred = prob >= threshold
+        taken = None if rule is None else take_joints(pred, rule)
         counts = metrics.confusion(pred, truth)
         tol = metrics.tolerance_counts(pred, truth, cfg.tolerance)
         hist = metrics.level_histograms(prob, truth)
@@ -81,14 +88,18 @@ def evaluate(cfg: DictConfig) -> dict:
                "crack_px": counts.tp + counts.fn, "pred_px": counts.tp + counts.fp, "dice": counts.dice,
                "iou": counts.iou, "precision": counts.precision, "recall": counts.recall, "f1_tol": tol.f1,
                "best_threshold": best_threshold, "best_f1": best_f1}
-        joints = distractor_mask(photo_path, truth.shape)
-        if joints is not None:
-            row["distractor_fp_px"] = int(np.count_nonzero(pred & joints & ~truth))
+        if taken is not None:
+            row["joint_px"] = int(np.count_nonzero(taken))
+            joint_px += row["joint_px"]
+            joint_crack_px += int(np.count_nonzero(taken & truth))
+        distractors = distractor_mask(photo_path, truth.shape)
+        if distractors is not None:
+            row["distractor_fp_px"] = int(np.count_nonzero(pred & distractors & ~truth))
             distractor_fp += row["distractor_fp_px"]
             distractor_mp += truth.size / 1e6
         row["seconds"] = round(time.perf_counter() - started, 2)
         rows.append(row)
-        del prob, pred
+        del prob, pred, taken
 
     ods_f1, ods_threshold, _ = metrics.ods(histograms)
     ois_f1, _ = metrics.ois(histograms)
@@ -98,6 +109,7 @@ def evaluate(cfg: DictConfig) -> dict:
         f"f1_{cfg.tolerance:g}px": tolerant.f1, f"precision_{cfg.tolerance:g}px": tolerant.precision,
         f"recall_{cfg.tolerance:g}px": tolerant.recall, "ods": ods_f1, "ods_threshold": ods_threshold,
         "ois": ois_f1, "threshold": threshold, "photos": len(rows),
+        "joints": {"px": joint_px, "crack_px": joint_crack_px},  # taken out of the mask at the threshold, and of them true crack
         "leaderboard": {k: round(v, 4) for k, v in metrics.leaderboard(histograms).items()},
         "split": f"{_data_name(cfg.data)}:{cfg.data.split}", "scales": list(cfg.scales), "ckpt": str(cfg.ckpt),
     }
@@ -123,7 +135,7 @@ def evaluate(cfg: DictConfig) -> dict:
                     "ods_threshold": best}
     result = {k: round(v, 4) if isinstance(v, float) and "threshold" not in k else v for k, v in result.items()}
 
-    options = ("overlap", "blend", "batch_size", "tolerance", "backend", "device", "compile")
+    options = ("overlap", "blend", "batch_size", "tolerance", "backend", "device", "compile", "keep_joints", "joint_rule")
     settings = {"tile": predictor.tile, "precision": predictor.precision, **{k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in options}}
     report = {**result, "settings": settings,
               "pr_curve": {"threshold": metrics.THRESHOLDS.tolist(), "precision": precision_curve.tolist(),
