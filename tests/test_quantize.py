@@ -15,6 +15,7 @@ from crackseg.inference.backends import load_for_prediction
 from crackseg.inference.onnx import OnnxModel
 from crackseg.inference.predictor import Predictor
 from crackseg.inference.quantize import calibration_path
+from crackseg.io import file_digest
 from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.models.nets import CrackSegNet
 from crackseg.tasks.export import export
@@ -39,8 +40,9 @@ def int8_setup(checkpoint, tiny_dataset, tmp_path_factory):
 
 def test_int8_export_calibrates_beside_the_checkpoint_and_predicts_close_to_fp32(int8_setup):
     ckpt, exported = int8_setup
-    ranges = json.loads(calibration_path(ckpt).read_text())["data"]
-    assert ranges and calibration_path(ckpt).name == "model.int8-calibration.json"
+    stored = json.loads(calibration_path(ckpt).read_text())
+    assert stored["data"] and calibration_path(ckpt).name == "model.int8-calibration.json"
+    assert stored["model_sha256"] == [file_digest(ckpt)]
     graph = onnx.load(exported)
     assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in graph.graph.node}
     model = OnnxModel(exported)
@@ -57,7 +59,8 @@ def test_an_fp16_export_keeps_the_int8_calibration(int8_setup, tmp_path, monkeyp
     ckpt, _ = int8_setup
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         slim = export(compose("export", overrides=[f"ckpt={ckpt}", "format=fp16", f"out={tmp_path / 'slim.ckpt'}"]))
-    assert calibration_path(slim).read_bytes() == calibration_path(ckpt).read_bytes()
+    carried, source = (json.loads(calibration_path(p).read_text()) for p in (slim, ckpt))
+    assert carried["data"] == source["data"] and carried["model_sha256"] == [file_digest(slim)]
     monkeypatch.setattr(backends, "cpu_has_vnni", lambda: True)
     model = load_for_prediction(slim, precision="auto", onnx_cache=tmp_path / "cache")
     assert isinstance(model, OnnxModel) and model.precision == "int8"
@@ -102,6 +105,30 @@ def test_int8_without_a_fitting_calibration_fails_clearly_or_falls_back_to_fp32(
             load_for_prediction(ckpt, precision="int8", onnx_cache=cache, **options)
     with pytest.raises(ValueError, match="format=int8 calibrates on training tiles: .*data="):
         _export_int8(ckpt, tmp_path / "x.onnx")
+
+
+def test_a_calibration_made_for_other_weights_is_not_used(int8_setup, tmp_path, monkeypatch, caplog):
+    ckpt, _ = int8_setup
+    retrained = tmp_path / "model.ckpt"  # the same path trained again: other weights, the old calibration
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state["state_dict"] = {k: v * 1.01 if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    torch.save(state, retrained)
+    calibration_path(retrained).write_bytes(calibration_path(ckpt).read_bytes())
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(backends, "cpu_has_vnni", lambda: True)
+    with pytest.raises(CheckpointError, match=r"model.int8-calibration.json was made for other weights .*format=int8"):
+        load_for_prediction(retrained, precision="int8", onnx_cache=cache)
+    with caplog.at_level(logging.WARNING):
+        assert load_for_prediction(retrained, precision="auto", onnx_cache=cache).precision == "fp32"
+        slim = tmp_path / "slim.fp16.ckpt"
+        calibration_path(slim).write_text("{}")  # an earlier export's
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            export(compose("export", overrides=[f"ckpt={retrained}", "format=fp16", f"out={slim}"]))
+    assert "made for other weights" in caplog.text and not calibration_path(slim).exists()
+    legacy = json.loads(calibration_path(ckpt).read_text())  # a file from before the hashes: any weights
+    del legacy["model_sha256"]
+    calibration_path(retrained).write_text(json.dumps(legacy))
+    assert load_for_prediction(retrained, precision="int8", onnx_cache=cache).precision == "int8"
 
 
 def test_predict_runs_the_int8_model_and_says_so(int8_setup, tiny_dataset, tmp_path, monkeypatch):

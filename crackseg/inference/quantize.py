@@ -4,7 +4,10 @@ ONNX Runtime's own quantiser (QDQ format, per-channel int8 weights, uint8 activa
 for x86 CPUs with VNNI) calibrated once on training tiles. The calibration (activation ranges,
 ~25 KB) is stored beside the checkpoint as ``<ckpt stem>.int8-calibration.json``, so the int8
 model is rebuilt from the checkpoint anywhere, without the data (1.25-1.6x faster per photo than
-fp32 on the development CPU, Dice within 0.003 at the default scales: BENCHMARKS.md).
+fp32 on the development CPU, Dice within 0.003 at the default scales: BENCHMARKS.md). Beside ONNX
+Runtime's keys the file records the SHA-256 of the checkpoint it was made for (``model_sha256``,
+as the threshold files do): a checkpoint retrained or replaced at the same path has other
+activation ranges, so its stale calibration is not used.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from crackseg.inference.onnx import INPUT_NAME, PRECISION_KEY, cached_export
-from crackseg.io import atomic_write_bytes, read_pair
+from crackseg.io import atomic_write_bytes, file_digest, read_pair
 from crackseg.models.checkpoints import CheckpointError
+from crackseg.models.thresholds import MODEL_KEY
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +102,51 @@ def _quantize(fp32: Path, out: Path, calibration: Path, tiles: np.ndarray | None
     atomic_write_bytes(out, model.SerializeToString())
 
 
-def calibrate(fp32: str | Path, tiles: np.ndarray, calibration: str | Path, out: str | Path) -> Path:
-    """Calibrate the exported ``fp32`` model on ``tiles``: the ranges go to ``calibration``,
-    the int8 model to ``out``."""
+def calibrate(fp32: str | Path, tiles: np.ndarray, calibration: str | Path, out: str | Path, ckpt: str | Path) -> Path:
+    """Calibrate the exported ``fp32`` model of checkpoint ``ckpt`` on ``tiles``: the ranges go to
+    ``calibration`` (marked with the checkpoint's hash), the int8 model to ``out``."""
     calibration, out = Path(calibration), Path(out)
     with tempfile.TemporaryDirectory() as tmp:  # a fresh file: the quantiser would reuse an existing one
         ranges = Path(tmp) / calibration.name
         _quantize(Path(fp32), out, ranges, tiles)
-        atomic_write_bytes(calibration, ranges.read_bytes())  # the old calibration stays until then
+        stored = {**json.loads(ranges.read_text()), MODEL_KEY: [file_digest(ckpt)]}
+        atomic_write_bytes(calibration, json.dumps(stored).encode())  # the old calibration stays until then
     return out
+
+
+def _read_calibration(calibration: Path) -> dict:
+    try:
+        stored = json.loads(calibration.read_text())
+        if not isinstance(stored, dict) or not isinstance(stored.get(MODEL_KEY, []), list):
+            raise ValueError(f"{MODEL_KEY} must be a list of file hashes")
+        return stored
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"unreadable int8 calibration {calibration}: {err}") from err
+
+
+def _made_for(stored: dict, ckpt: str | Path) -> bool:
+    """Whether the calibration ``stored`` was made for the weights ``ckpt`` holds (one without hashes: any)."""
+    return MODEL_KEY not in stored or file_digest(ckpt) in stored[MODEL_KEY]
+
+
+def carry_calibration(ckpt: str | Path, export: str | Path) -> Path | None:
+    """The int8 calibration of ``ckpt`` beside its ``export`` (fp16 weights: activation ranges move by
+    fp16 rounding only), marked with the export's hash; without a valid one, an earlier export's
+    calibration there is removed (it would apply to this model). Returns the file, or None."""
+    source, target = calibration_path(ckpt), calibration_path(export)
+    if source.resolve() == target.resolve():
+        return target
+    stored = _read_calibration(source) if source.is_file() else None
+    if stored is not None and not _made_for(stored, ckpt):
+        log.warning("%s was made for other weights than %s holds now: not carried to %s", source, ckpt, export)
+        stored = None
+    if stored is not None:
+        atomic_write_bytes(target, json.dumps({**stored, MODEL_KEY: [file_digest(export)]}).encode())
+        return target
+    if target.is_file():
+        target.unlink()
+        log.warning("removed %s, an earlier export's int8 calibration: %s has none", target, ckpt)
+    return None
 
 
 def quantize(fp32: str | Path, calibration: str | Path, out: str | Path) -> Path:
@@ -115,10 +155,7 @@ def quantize(fp32: str | Path, calibration: str | Path, out: str | Path) -> Path
     import onnx
 
     fp32, calibration = Path(fp32), Path(calibration)
-    try:
-        ranges = json.loads(calibration.read_text())["data"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"unreadable int8 calibration {calibration}: {err}") from err
+    ranges = _read_calibration(calibration).get("data")
     graph = onnx.load(fp32, load_external_data=False).graph
     tensors = {name for node in graph.node for name in node.output} | {i.name for i in graph.input}
     if not isinstance(ranges, dict) or not ranges or not set(ranges) <= tensors:
@@ -135,6 +172,10 @@ def cached_int8(ckpt: str | Path, cache_dir: str | Path) -> Path:
     if not calibration.is_file():
         raise CheckpointError(f"precision=int8 needs the int8 calibration of {ckpt}, {calibration} is missing "
                               f"(make it: python export.py ckpt={ckpt} format=int8 data=<its training data>)")
+    if not _made_for(_read_calibration(calibration), ckpt):
+        raise CheckpointError(f"the int8 calibration {calibration} was made for other weights than {ckpt} holds now "
+                              f"(retrained or replaced): make it again: python export.py ckpt={ckpt} format=int8 "
+                              f"data=<its training data>")
     fp32 = cached_export(ckpt, cache_dir)  # named by the checkpoint's hash already
     digest = hashlib.sha256(fp32.name.encode() + calibration.read_bytes()).hexdigest()[:24]
     path = Path(cache_dir) / f"{Path(ckpt).stem}-{digest}-int8.onnx"

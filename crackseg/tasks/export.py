@@ -9,7 +9,6 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from crackseg.inference.onnx import export_onnx
-from crackseg.io import atomic_write_bytes
 from crackseg.models.checkpoints import load_model, save_slim_checkpoint
 from crackseg.models.thresholds import carry_thresholds, find_entry, read_thresholds
 
@@ -42,30 +41,18 @@ def export(cfg: DictConfig) -> Path:
         _export_int8(cfg, model, out, thresholds)
     else:
         save_slim_checkpoint(model, out)
-        # an fp16 checkpoint keeps its source's int8 calibration (activation ranges move by fp16
-        # rounding only), so precision=auto still runs it in int8 where the CPU has VNNI
-        from crackseg.inference.quantize import calibration_path
+        # an fp16 checkpoint keeps its source's int8 calibration, so precision=auto still runs it in
+        # int8 where the CPU has VNNI
+        from crackseg.inference.quantize import carry_calibration
 
-        _carry_beside(calibration_path(cfg.ckpt), calibration_path(out), "int8 calibration")
+        if carry_calibration(cfg.ckpt, out):
+            log.info("int8 calibration -> beside %s", out)
     if carry_thresholds(cfg.ckpt, out):
         log.info("thresholds chosen on validation -> beside %s", out)
     default = find_entry(chosen, DEFAULT_SCALES)
     log.info("exported %s -> %s (threshold %.3f at scales %s, tile %d)", cfg.ckpt, out,
              chosen[default]["threshold"] if default else model.threshold, list(DEFAULT_SCALES), model.tile)
     return out
-
-
-def _carry_beside(source: Path, target: Path, what: str) -> None:
-    """Copy the checkpoint's file ``source`` beside the export (``target``); without one, an
-    earlier export's ``target`` would apply to this model, so it is removed."""
-    if source.resolve() == target.resolve():
-        return
-    if source.is_file():
-        atomic_write_bytes(target, source.read_bytes())
-        log.info("%s -> %s", what, target)
-    elif target.is_file():
-        target.unlink()
-        log.warning("removed %s, an earlier export's %s: this checkpoint has none", target, what)
 
 
 def _export_int8(cfg: DictConfig, model, out: Path, thresholds: dict[str, float]) -> None:
@@ -76,5 +63,5 @@ def _export_int8(cfg: DictConfig, model, out: Path, thresholds: dict[str, float]
     tiles = calibration_tiles(pairs, cfg.calibration_tiles, model.tile)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", cfg.opset, thresholds=thresholds)
-        calibrate(fp32, tiles, calibration_path(cfg.ckpt), out)
+        calibrate(fp32, tiles, calibration_path(cfg.ckpt), out, cfg.ckpt)
     log.info("int8 calibration on %d train tiles of %d photos: %s", len(tiles), len(pairs), calibration_path(cfg.ckpt))
