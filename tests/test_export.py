@@ -207,6 +207,16 @@ def test_bad_onnx_files_and_backends_raise_clear_errors(checkpoint, tmp_path):
         load_for_prediction(checkpoint, backend="tensorrt")
 
 
+def test_an_export_never_overwrites_its_checkpoint(checkpoint, tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(checkpoint.read_bytes())
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("export", overrides=[f"ckpt={ckpt}", "format=fp16", f"out={tmp_path / '.' / 'model.ckpt'}"])
+    with pytest.raises(ValueError, match=r"out=.*model.ckpt is the checkpoint itself"):
+        export(cfg)
+    assert ckpt.read_bytes() == checkpoint.read_bytes()
+
+
 def test_foreign_onnx_model_is_refused(tmp_path):
     torch.onnx.export(torch.nn.Conv2d(3, 1, 1).eval(), (torch.zeros(1, 3, 8, 8),), tmp_path / "other.onnx", dynamo=True)
     with pytest.raises(CheckpointError, match="not an ONNX model exported by crackseg"):

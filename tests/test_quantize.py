@@ -14,7 +14,7 @@ from crackseg.inference import backends
 from crackseg.inference.backends import load_for_prediction
 from crackseg.inference.onnx import OnnxModel
 from crackseg.inference.predictor import Predictor
-from crackseg.inference.quantize import calibration_path
+from crackseg.inference.quantize import calibration_path, carry_calibration
 from crackseg.io import file_digest
 from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.models.nets import CrackSegNet
@@ -129,6 +129,18 @@ def test_a_calibration_made_for_other_weights_is_not_used(int8_setup, tmp_path, 
     del legacy["model_sha256"]
     calibration_path(retrained).write_text(json.dumps(legacy))
     assert load_for_prediction(retrained, precision="int8", onnx_cache=cache).precision == "int8"
+
+
+def test_an_export_sharing_the_calibration_file_is_added_to_its_hashes(tmp_path):
+    ckpt, export_file = tmp_path / "model.ckpt", tmp_path / "model.pt"  # one calibration path for both
+    ckpt.write_bytes(b"weights")
+    export_file.write_bytes(b"the same weights in fp16")
+    assert calibration_path(ckpt) == calibration_path(export_file)
+    calibration_path(ckpt).write_text(json.dumps({"data": {"x": {}}, "model_sha256": [file_digest(ckpt)]}))
+    assert carry_calibration(ckpt, export_file) == calibration_path(ckpt)
+    stored = json.loads(calibration_path(ckpt).read_text())
+    assert stored["data"] == {"x": {}} and stored["model_sha256"] == sorted([file_digest(ckpt), file_digest(export_file)])
+    assert carry_calibration(tmp_path / "none.ckpt", tmp_path / "none.fp16.ckpt") is None
 
 
 def test_predict_runs_the_int8_model_and_says_so(int8_setup, tiny_dataset, tmp_path, monkeypatch):

@@ -130,20 +130,23 @@ def _made_for(stored: dict, ckpt: str | Path) -> bool:
 
 
 def carry_calibration(ckpt: str | Path, export: str | Path) -> Path | None:
-    """The int8 calibration of ``ckpt`` beside its ``export`` (fp16 weights: activation ranges move by
-    fp16 rounding only), marked with the export's hash; without a valid one, an earlier export's
-    calibration there is removed (it would apply to this model). Returns the file, or None."""
+    """The int8 calibration of ``ckpt`` made to apply to its ``export`` too (fp16 weights: activation
+    ranges move by fp16 rounding only): beside it, marked with its hash (or, sharing the file, its
+    hash added); without a valid one, an earlier export's calibration there is removed (it would
+    apply to this model). Returns the file, or None."""
     source, target = calibration_path(ckpt), calibration_path(export)
-    if source.resolve() == target.resolve():
-        return target
+    shared = source.resolve() == target.resolve()
     stored = _read_calibration(source) if source.is_file() else None
     if stored is not None and not _made_for(stored, ckpt):
         log.warning("%s was made for other weights than %s holds now: not carried to %s", source, ckpt, export)
         stored = None
     if stored is not None:
-        atomic_write_bytes(target, json.dumps({**stored, MODEL_KEY: [file_digest(export)]}).encode())
+        if not shared:
+            atomic_write_bytes(target, json.dumps({**stored, MODEL_KEY: [file_digest(export)]}).encode())
+        elif MODEL_KEY in stored:  # one without hashes applies to any weights already
+            atomic_write_bytes(target, json.dumps({**stored, MODEL_KEY: sorted({*stored[MODEL_KEY], file_digest(export)})}).encode())
         return target
-    if target.is_file():
+    if target.is_file() and not shared:
         target.unlink()
         log.warning("removed %s, an earlier export's int8 calibration: %s has none", target, ckpt)
     return None

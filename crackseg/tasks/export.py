@@ -31,8 +31,10 @@ def export(cfg: DictConfig) -> Path:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {cfg.format!r}")
     if cfg.format == "int8" and cfg.get("data") is None:
         raise ValueError("format=int8 calibrates on training tiles: name the model's training data, e.g. data=general")
-    model = load_model(cfg.ckpt)
     out = Path(cfg.out) if cfg.out is not None else Path(cfg.ckpt).with_suffix(FORMATS[cfg.format])
+    if out.resolve() == Path(cfg.ckpt).resolve():
+        raise ValueError(f"out={out} is the checkpoint itself: an export would overwrite it, choose another path")
+    model = load_model(cfg.ckpt)
     chosen = read_thresholds(cfg.ckpt)  # read (and checked) before anything is written
     thresholds = {key: entry["threshold"] for key, entry in chosen.items()}
     if cfg.format == "onnx":
