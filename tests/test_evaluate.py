@@ -287,4 +287,6 @@ def test_the_mask_is_scored_without_the_joints_predict_leaves_out(red_checkpoint
     assert int(row["joint_px"]) == 6 * 216
     kept = evaluate(_cfg(red_checkpoint, root, tmp_path / "kept", "data.split=test", "save_threshold=false", "keep_joints=true"))
     assert kept["dice"] == pytest.approx(metrics.confusion(pred, truth).dice, abs=1e-4) and kept["dice"] < 0.9
-    assert kept["joints"] == {"px": 0, "crack_px": 0} and kept["ods"] == dropped["ods"]  # the sweep is before the rule
+    assert kept["joints"] is None and kept["ods"] == dropped["ods"]  # the sweep is before the rule
+    no_rule = evaluate(_cfg(red_checkpoint, root, tmp_path / "none", "data.split=test", "save_threshold=false", "joint_rule=null"))
+    assert no_rule["dice"] == kept["dice"] and no_rule["joints"] is None

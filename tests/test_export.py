@@ -211,7 +211,8 @@ def test_an_export_never_overwrites_its_checkpoint(checkpoint, tmp_path):
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(checkpoint.read_bytes())
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("export", overrides=[f"ckpt={ckpt}", "format=fp16", f"out={tmp_path / '.' / 'model.ckpt'}"])
+        cfg = compose("export", overrides=[f"ckpt={ckpt}", "format=fp16", f"out={tmp_path / 'sub' / '..' / 'model.ckpt'}"])
+    (tmp_path / "sub").mkdir()
     with pytest.raises(ValueError, match=r"out=.*model.ckpt is the checkpoint itself"):
         export(cfg)
     assert ckpt.read_bytes() == checkpoint.read_bytes()

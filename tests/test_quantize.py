@@ -14,7 +14,7 @@ from crackseg.inference import backends
 from crackseg.inference.backends import load_for_prediction
 from crackseg.inference.onnx import OnnxModel
 from crackseg.inference.predictor import Predictor
-from crackseg.inference.quantize import calibration_path, carry_calibration
+from crackseg.inference.quantize import calibration_path, carry_calibration, valid_calibration
 from crackseg.io import file_digest
 from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.models.nets import CrackSegNet
@@ -120,11 +120,14 @@ def test_a_calibration_made_for_other_weights_is_not_used(int8_setup, tmp_path, 
         load_for_prediction(retrained, precision="int8", onnx_cache=cache)
     with caplog.at_level(logging.WARNING):
         assert load_for_prediction(retrained, precision="auto", onnx_cache=cache).precision == "fp32"
+        assert "made for other weights" in caplog.text and "running fp32" in caplog.text
+        caplog.clear()
         slim = tmp_path / "slim.fp16.ckpt"
         calibration_path(slim).write_text("{}")  # an earlier export's
         with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
             export(compose("export", overrides=[f"ckpt={retrained}", "format=fp16", f"out={slim}"]))
-    assert "made for other weights" in caplog.text and not calibration_path(slim).exists()
+    assert "made for other weights than" in caplog.text and "has no valid one" in caplog.text
+    assert not calibration_path(slim).exists()
     legacy = json.loads(calibration_path(ckpt).read_text())  # a file from before the hashes: any weights
     del legacy["model_sha256"]
     calibration_path(retrained).write_text(json.dumps(legacy))
@@ -137,10 +140,25 @@ def test_an_export_sharing_the_calibration_file_is_added_to_its_hashes(tmp_path)
     export_file.write_bytes(b"the same weights in fp16")
     assert calibration_path(ckpt) == calibration_path(export_file)
     calibration_path(ckpt).write_text(json.dumps({"data": {"x": {}}, "model_sha256": [file_digest(ckpt)]}))
-    assert carry_calibration(ckpt, export_file) == calibration_path(ckpt)
+    assert carry_calibration(ckpt, export_file, valid_calibration(ckpt)) == calibration_path(ckpt)
     stored = json.loads(calibration_path(ckpt).read_text())
     assert stored["data"] == {"x": {}} and stored["model_sha256"] == sorted([file_digest(ckpt), file_digest(export_file)])
-    assert carry_calibration(tmp_path / "none.ckpt", tmp_path / "none.fp16.ckpt") is None
+    legacy = {"data": {"x": {}}}  # no hashes: applies to any weights, left as it is
+    calibration_path(ckpt).write_text(json.dumps(legacy))
+    assert carry_calibration(ckpt, export_file, valid_calibration(ckpt)) == calibration_path(ckpt)
+    assert json.loads(calibration_path(ckpt).read_text()) == legacy
+    assert carry_calibration(tmp_path / "none.ckpt", tmp_path / "none.fp16.ckpt", None) is None
+
+
+def test_an_unreadable_calibration_stops_an_fp16_export_before_it_writes(checkpoint, tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(checkpoint.read_bytes())
+    calibration_path(ckpt).write_text("{not json")
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("export", overrides=[f"ckpt={ckpt}", "format=fp16", f"out={tmp_path / 'slim.ckpt'}"])
+    with pytest.raises(CheckpointError, match="unreadable int8 calibration .*model.int8-calibration.json"):
+        export(cfg)
+    assert not (tmp_path / "slim.ckpt").exists()
 
 
 def test_predict_runs_the_int8_model_and_says_so(int8_setup, tiny_dataset, tmp_path, monkeypatch):

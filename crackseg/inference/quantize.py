@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from crackseg.inference.onnx import INPUT_NAME, PRECISION_KEY, cached_export
-from crackseg.io import atomic_write_bytes, file_digest, read_pair
+from crackseg.io import atomic_write_bytes, file_digest, read_pair, rewrite_lock
 from crackseg.models.checkpoints import CheckpointError
 from crackseg.models.thresholds import MODEL_KEY
 
@@ -129,26 +129,39 @@ def _made_for(stored: dict, ckpt: str | Path) -> bool:
     return MODEL_KEY not in stored or file_digest(ckpt) in stored[MODEL_KEY]
 
 
-def carry_calibration(ckpt: str | Path, export: str | Path) -> Path | None:
-    """The int8 calibration of ``ckpt`` made to apply to its ``export`` too (fp16 weights: activation
-    ranges move by fp16 rounding only): beside it, marked with its hash (or, sharing the file, its
-    hash added); without a valid one, an earlier export's calibration there is removed (it would
-    apply to this model). Returns the file, or None."""
+def valid_calibration(ckpt: str | Path) -> dict | None:
+    """The int8 calibration stored beside ``ckpt`` when it was made for the weights ``ckpt`` holds
+    (or records none), else None (a stale one with a warning); CheckpointError when unreadable."""
+    source = calibration_path(ckpt)
+    if not source.is_file():
+        return None
+    stored = _read_calibration(source)
+    if not _made_for(stored, ckpt):
+        log.warning("%s was made for other weights than %s holds now (retrained or replaced): not used", source, ckpt)
+        return None
+    return stored
+
+
+def carry_calibration(ckpt: str | Path, export: str | Path, stored: dict | None) -> Path | None:
+    """Make ``stored``, the calibration valid for ``ckpt`` (``valid_calibration``, read before
+    ``export`` was written), apply to that export of the same weights in fp16 too (activation ranges
+    move by fp16 rounding only): beside it, marked with its hash, or, sharing the file, its hash
+    added. Without one, an earlier export's calibration there is removed (it would apply to this
+    model). Returns the file, or None."""
     source, target = calibration_path(ckpt), calibration_path(export)
-    shared = source.resolve() == target.resolve()
-    stored = _read_calibration(source) if source.is_file() else None
-    if stored is not None and not _made_for(stored, ckpt):
-        log.warning("%s was made for other weights than %s holds now: not carried to %s", source, ckpt, export)
-        stored = None
-    if stored is not None:
-        if not shared:
+    with rewrite_lock(target):  # sharing the file, an int8 export may be rewriting it
+        if source.resolve() == target.resolve():
+            current = _read_calibration(target) if stored is not None else {}
+            if MODEL_KEY in current:  # one without hashes applies to any weights already
+                hashes = sorted({*current[MODEL_KEY], file_digest(export)})
+                atomic_write_bytes(target, json.dumps({**current, MODEL_KEY: hashes}).encode())
+            return target if stored is not None else None
+        if stored is not None:
             atomic_write_bytes(target, json.dumps({**stored, MODEL_KEY: [file_digest(export)]}).encode())
-        elif MODEL_KEY in stored:  # one without hashes applies to any weights already
-            atomic_write_bytes(target, json.dumps({**stored, MODEL_KEY: sorted({*stored[MODEL_KEY], file_digest(export)})}).encode())
-        return target
-    if target.is_file() and not shared:
-        target.unlink()
-        log.warning("removed %s, an earlier export's int8 calibration: %s has none", target, ckpt)
+            return target
+        if target.is_file():
+            target.unlink()
+            log.warning("removed %s, an earlier export's int8 calibration: %s has no valid one", target, ckpt)
     return None
 
 

@@ -51,8 +51,9 @@ def evaluate(cfg: DictConfig) -> dict:
     """Predict every photo of the split, stream the metrics, write the reports into
     ``cfg.output``; returns the pooled results. At the threshold used, the mask is scored as
     predict.py writes it: without the instances the joint rule takes for joints (unless
-    ``keep_joints``); the threshold sweep (ODS, OIS, PR curve, the threshold chosen) scores the
-    probabilities, before the rule (measuring every threshold's mask would cost 256 measurements)."""
+    ``keep_joints``); the threshold sweep (ODS, OIS, PR curve, the threshold chosen and its counts)
+    scores the probabilities, before the rule (measuring every threshold's mask would cost 256
+    measurements)."""
     check_inference_options(cfg)
     by_source = split_sources(cfg.data, cfg.data.split)
     pairs = [(name, *pair) for name, source_pairs in by_source.items() for pair in source_pairs]
@@ -69,6 +70,7 @@ def evaluate(cfg: DictConfig) -> dict:
     distractor_fp, distractor_mp = 0, 0.0
     rule = None if cfg.keep_joints or cfg.joint_rule is None else JointRule(**cfg.joint_rule)
     joint_px = joint_crack_px = 0
+    source_joint_px = {name: 0 for name in by_source}
     for source, photo_path, mask_path in tqdm(pairs, desc="photos", unit="photo"):
         started = time.perf_counter()
         photo, truth = read_pair(photo_path, mask_path)
@@ -91,6 +93,7 @@ def evaluate(cfg: DictConfig) -> dict:
         if taken is not None:
             row["joint_px"] = int(np.count_nonzero(taken))
             joint_px += row["joint_px"]
+            source_joint_px[source] += row["joint_px"]
             joint_crack_px += int(np.count_nonzero(taken & truth))
         distractors = distractor_mask(photo_path, truth.shape)
         if distractors is not None:
@@ -109,7 +112,8 @@ def evaluate(cfg: DictConfig) -> dict:
         f"f1_{cfg.tolerance:g}px": tolerant.f1, f"precision_{cfg.tolerance:g}px": tolerant.precision,
         f"recall_{cfg.tolerance:g}px": tolerant.recall, "ods": ods_f1, "ods_threshold": ods_threshold,
         "ois": ois_f1, "threshold": threshold, "photos": len(rows),
-        "joints": {"px": joint_px, "crack_px": joint_crack_px},  # taken out of the mask at the threshold, and of them true crack
+        # taken out of the mask at the threshold, and of them labelled crack (null: no joint rule)
+        "joints": None if rule is None else {"px": joint_px, "crack_px": joint_crack_px},
         "leaderboard": {k: round(v, 4) for k, v in metrics.leaderboard(histograms).items()},
         "split": f"{_data_name(cfg.data)}:{cfg.data.split}", "scales": list(cfg.scales), "ckpt": str(cfg.ckpt),
     }
@@ -132,7 +136,7 @@ def evaluate(cfg: DictConfig) -> dict:
                 result["sources"][name] = {
                     "photos": len(source_histograms[name]), "dice": round(counts.dice, 4), "iou": round(counts.iou, 4),
                     "precision": round(counts.precision, 4), "recall": round(counts.recall, 4), "ods": round(f1, 4),
-                    "ods_threshold": best}
+                    "ods_threshold": best, **({} if rule is None else {"joint_px": source_joint_px[name]})}
     result = {k: round(v, 4) if isinstance(v, float) and "threshold" not in k else v for k, v in result.items()}
 
     options = ("overlap", "blend", "batch_size", "tolerance", "backend", "device", "compile", "keep_joints", "joint_rule")

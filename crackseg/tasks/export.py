@@ -9,6 +9,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from crackseg.inference.onnx import export_onnx
+from crackseg.inference.quantize import (
+    calibrate, calibration_path, calibration_tiles, carry_calibration, valid_calibration,
+)
 from crackseg.models.checkpoints import load_model, save_slim_checkpoint
 from crackseg.models.thresholds import carry_thresholds, find_entry, read_thresholds
 
@@ -36,6 +39,9 @@ def export(cfg: DictConfig) -> Path:
         raise ValueError(f"out={out} is the checkpoint itself: an export would overwrite it, choose another path")
     model = load_model(cfg.ckpt)
     chosen = read_thresholds(cfg.ckpt)  # read (and checked) before anything is written
+    # an fp16 checkpoint keeps its source's int8 calibration, so precision=auto still runs it in
+    # int8 where the CPU has VNNI
+    calibration = valid_calibration(cfg.ckpt) if cfg.format == "fp16" else None
     thresholds = {key: entry["threshold"] for key, entry in chosen.items()}
     if cfg.format == "onnx":
         export_onnx(model, out, cfg.opset, thresholds=thresholds)
@@ -43,11 +49,7 @@ def export(cfg: DictConfig) -> Path:
         _export_int8(cfg, model, out, thresholds)
     else:
         save_slim_checkpoint(model, out)
-        # an fp16 checkpoint keeps its source's int8 calibration, so precision=auto still runs it in
-        # int8 where the CPU has VNNI
-        from crackseg.inference.quantize import carry_calibration
-
-        if carry_calibration(cfg.ckpt, out):
+        if carry_calibration(cfg.ckpt, out, calibration):
             log.info("int8 calibration -> beside %s", out)
     if carry_thresholds(cfg.ckpt, out):
         log.info("thresholds chosen on validation -> beside %s", out)
@@ -59,7 +61,6 @@ def export(cfg: DictConfig) -> Path:
 
 def _export_int8(cfg: DictConfig, model, out: Path, thresholds: dict[str, float]) -> None:
     from crackseg.data.folder import split_pairs
-    from crackseg.inference.quantize import calibrate, calibration_path, calibration_tiles
 
     pairs = split_pairs(cfg.data, "train")
     tiles = calibration_tiles(pairs, cfg.calibration_tiles, model.tile)
