@@ -1,6 +1,6 @@
 """How many labelled cracks a joint rule takes for joints: the rule's cost, without a model (issue 15).
 
-    python bench/joint_rules.py [--rules 100,0.99,0.3 150,0.98,0.3 ...] [--data cracksight:train ...]
+    python bench/joint_rules.py [--rules 100,0.99,0.3,30 150,0.98,0.3 ...] [--data cracksight:train ...]
 
 Every crack instance of the masks of the given splits (../shared/data) is measured with each rule
 (``measure_mask(joint_rule=...)``, predict.py's ``min_crack_length_px`` of 10); reported per rule and
@@ -35,8 +35,8 @@ SPLITS = ["cracksight:train", "cracksight:val", "deepcrack:train", "deepcrack:te
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rules", nargs="+", default=["100,0.99,0.3", "100,0.985,0.3", "150,0.98,0.3"],
-                        help="MIN_LENGTH_PX,MIN_STRAIGHTNESS,MAX_WIDTH_VARIATION ...")
+    parser.add_argument("--rules", nargs="+", default=["100,0.99,0.3,0", "100,0.99,0.3,30", "100,0.985,0.3,30"],
+                        help="MIN_LENGTH_PX,MIN_STRAIGHTNESS,MAX_WIDTH_VARIATION[,MIN_BRANCH_PX] ...")
     parser.add_argument("--data", nargs="+", default=SPLITS, help="NAME:SPLIT ...")
     args = parser.parse_args(argv)
     rules = {text: JointRule(*map(float, text.split(","))) for text in args.rules}

@@ -12,7 +12,7 @@ the false-positive pixels the joints added (dilated predictions included) per jo
 pooled Dice of the photos without and with joints. A model trained with ``data.paste_joints`` has
 seen such joints, so for it this measures what it learnt, not how it generalises: hea12d and
 masonry stay the real test. Each figure also after the joint rule of predict.py (``keep_joints=false``:
-instances taken for joints leave the mask; ``--joint-rule L S V`` to try another): ``*_rule`` columns,
+instances taken for joints leave the mask; ``--joint-rule L S V [B]`` to try another): ``*_rule`` columns,
 and ``crack_px_removed``, the share of the clean photos' true-positive pixels the rule took away. The
 LAST line printed is one JSON object.
 """
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--photos", type=int, default=40, help="at most this many photos per split (seeded draw)")
     parser.add_argument("--scales", type=float, nargs="+", default=[1, 2, 0.5])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--joint-rule", type=float, nargs=3, metavar=("MIN_LENGTH_PX", "MIN_STRAIGHTNESS", "MAX_WIDTH_VARIATION"),
+    parser.add_argument("--joint-rule", type=float, nargs="+", metavar="MIN_LENGTH_PX MIN_STRAIGHTNESS MAX_WIDTH_VARIATION [MIN_BRANCH_PX]",
                         help="default: predict.py's")
     args = parser.parse_args(argv)
     rule = JointRule(*args.joint_rule) if args.joint_rule else JointRule()

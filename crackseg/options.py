@@ -112,11 +112,13 @@ def check_inference_options(cfg: DictConfig) -> None:
 
 
 def _check_joint_rule(rule) -> None:
-    if not isinstance(rule, DictConfig) or set(rule) != {"min_length_px", "min_straightness", "max_width_variation"}:
-        _fail("joint_rule", rule, "must be null or {min_length_px, min_straightness, max_width_variation}")
+    required = {"min_length_px", "min_straightness", "max_width_variation"}
+    if not isinstance(rule, DictConfig) or not required <= set(rule) <= required | {"min_branch_px"}:
+        _fail("joint_rule", rule, "must be null or {min_length_px, min_straightness, max_width_variation[, min_branch_px]}")
     _number("joint_rule.min_length_px", rule.min_length_px, 0)
     _number("joint_rule.min_straightness", rule.min_straightness, 0, 1)
     _number("joint_rule.max_width_variation", rule.max_width_variation, 0)
+    _number("joint_rule.min_branch_px", rule.get("min_branch_px", 0), 0)
 
 
 def _check_shard(cfg: DictConfig) -> None:

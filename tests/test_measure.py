@@ -5,11 +5,13 @@ import math
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
 from crackseg.io import write_image
 from crackseg.measure import JOINT, JointRule, measure_mask, split_joints
+from crackseg.measure.joints import straightness
 from crackseg.report.crack_outputs import (
     crack_document, draw_widths, geojson, read_crack_document, width_class, width_classes, write_crack_outputs,
 )
@@ -222,6 +224,27 @@ def test_a_crack_crossing_a_joint_makes_one_instance_that_stays_a_crack():
     mask = _wavy(size=400) | _band(8, 90, length=390, size=400)
     (crack,) = measure_mask(mask, joint_rule=JointRule())
     assert crack.type == "branched"
+
+
+def _joint_grid_with_a_bent_stub() -> np.ndarray:
+    """Two joints meeting in a T, the cross joint running on 25 px past the junction with a bend."""
+    mask = np.zeros((400, 400), np.uint8)
+    for start, end in (((50, 150), (350, 150)), ((200, 150), (200, 300)), ((200, 150), (200, 135)), ((200, 135), (208, 126))):
+        cv2.line(mask, start, end, 1, 8)
+    return mask
+
+
+def test_short_bent_branches_where_joints_meet_do_not_keep_a_grid_a_crack():
+    mask = _joint_grid_with_a_bent_stub()
+    assert measure_mask(mask, joint_rule=JointRule())[0].type == JOINT  # min_branch_px=30: the stub is ignored
+    assert measure_mask(mask, joint_rule=JointRule(min_branch_px=0))[0].type == "branched"
+
+
+def test_straightness_counts_the_long_branches_or_all_when_none_is_long():
+    straight, bent = np.array([[0.0, 0], [300, 0]]), np.array([[0.0, 0], [10, 0], [20, 5]])
+    assert straightness([straight, bent], [False, False]) < 0.99
+    assert straightness([straight, bent], [False, False], min_branch_px=30) == 1.0
+    assert straightness([bent], [False], min_branch_px=30) == straightness([bent], [False]) < 0.99
 
 
 def test_split_joints_moves_exactly_the_joints_pixels_out_of_the_mask():

@@ -2,8 +2,9 @@
 
 Joints between blocks and slab borders are the method's named failure. Seen as instances of the
 mask they are long, straight and of constant width, where cracks wander and vary: an instance is
-a joint when it is at least ``min_length_px`` long, every branch of its centre line is straight
-(end-to-end distance over length at least ``min_straightness``) and its width varies little
+a joint when it is at least ``min_length_px`` long, every branch of its centre line at least
+``min_branch_px`` long is straight (end-to-end distance over length at least ``min_straightness``;
+shorter ones are the bends where joints meet in a grid) and its width varies little
 (coefficient of variation of the width profile at most ``max_width_variation``). A crack crossing a
 joint makes one instance whose crack branches are not straight: it stays a crack. Calibrated on the
 labelled cracks of ../shared/data and on joints pasted onto real photos (BENCHMARKS.md, issue 15).
@@ -25,19 +26,24 @@ class JointRule:
     min_length_px: float = 100.0
     min_straightness: float = 0.99
     max_width_variation: float = 0.3
+    min_branch_px: float = 30.0
 
     def __post_init__(self):
-        if not (self.min_length_px >= 0 and 0 <= self.min_straightness <= 1 and self.max_width_variation >= 0):
-            raise ValueError(f"a joint rule needs min_length_px >= 0, min_straightness in [0, 1] and "
-                             f"max_width_variation >= 0, got {self}")
+        if not (self.min_length_px >= 0 and 0 <= self.min_straightness <= 1 and self.max_width_variation >= 0
+                and self.min_branch_px >= 0):
+            raise ValueError(f"a joint rule needs min_length_px >= 0, min_straightness in [0, 1], "
+                             f"max_width_variation >= 0 and min_branch_px >= 0, got {self}")
 
 
-def straightness(skeleton: list[np.ndarray], closed: list[bool]) -> float:
-    """The least straight branch's end-to-end distance over its length (1: a straight line; a ring: 0)."""
+def straightness(skeleton: list[np.ndarray], closed: list[bool], min_branch_px: float = 0.0) -> float:
+    """The least straight branch's end-to-end distance over its length (1: a straight line; a ring: 0),
+    over the branches at least ``min_branch_px`` long (all of them when none is)."""
+    lengths = [float(np.hypot(*np.diff(line, axis=0).T).sum()) if len(line) > 1 else 0.0 for line in skeleton]
+    counted = [i for i, length in enumerate(lengths) if closed[i] or length >= min_branch_px] or range(len(skeleton))
     ratios = []
-    for line, ring in zip(skeleton, closed):
-        length = float(np.hypot(*np.diff(line, axis=0).T).sum()) if len(line) > 1 else 0.0
-        ratios.append(0.0 if ring else (float(np.hypot(*(line[-1] - line[0]))) / length if length > 0 else 1.0))
+    for i in counted:
+        chord = float(np.hypot(*(skeleton[i][-1] - skeleton[i][0])))
+        ratios.append(0.0 if closed[i] else (chord / lengths[i] if lengths[i] > 0 else 1.0))
     return min(ratios, default=1.0)
 
 
@@ -48,7 +54,7 @@ def width_variation(widths: np.ndarray) -> float:
 
 def is_joint(length: float, skeleton: list[np.ndarray], closed: list[bool], widths: np.ndarray, rule: JointRule) -> bool:
     return (length >= rule.min_length_px and width_variation(widths) <= rule.max_width_variation
-            and straightness(skeleton, closed) >= rule.min_straightness)
+            and straightness(skeleton, closed, rule.min_branch_px) >= rule.min_straightness)
 
 
 def instance_pixels(mask: np.ndarray, bbox: tuple[int, int, int, int], inside: tuple[int, int]) -> tuple[slice, slice, np.ndarray]:
