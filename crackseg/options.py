@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -112,13 +113,14 @@ def check_inference_options(cfg: DictConfig) -> None:
 
 
 def _check_joint_rule(rule) -> None:
-    required = {"min_length_px", "min_straightness", "max_width_variation"}
-    if not isinstance(rule, DictConfig) or not required <= set(rule) <= required | {"min_branch_px"}:
-        _fail("joint_rule", rule, "must be null or {min_length_px, min_straightness, max_width_variation[, min_branch_px]}")
-    _number("joint_rule.min_length_px", rule.min_length_px, 0)
-    _number("joint_rule.min_straightness", rule.min_straightness, 0, 1)
-    _number("joint_rule.max_width_variation", rule.max_width_variation, 0)
-    _number("joint_rule.min_branch_px", rule.get("min_branch_px", 0), 0)
+    """Keys left out take ``JointRule``'s defaults."""
+    from crackseg.measure.joints import JointRule  # here: crackseg.measure brings scikit-image, training needs none
+
+    keys = [f.name for f in fields(JointRule)]
+    if not isinstance(rule, DictConfig) or not set(rule) <= set(keys):
+        _fail("joint_rule", rule, f"must be null or a mapping of some of {', '.join(keys)}")
+    for key in rule:
+        _number(f"joint_rule.{key}", rule[key], 0, 1 if key == "min_straightness" else None)
 
 
 def _check_shard(cfg: DictConfig) -> None:
