@@ -78,7 +78,8 @@ def _run_batch(photos: Path, output: Path, pipeline: str, overrides: list[str]) 
             busy[0] += time.perf_counter() - started
 
     predicting._predict_one = timed
-    cfg = _config(photos, output, [f"pipeline={pipeline}", *overrides])
+    pipeline, *options = pipeline.split(",")  # e.g. "true,writers=4"
+    cfg = _config(photos, output, [f"pipeline={pipeline}", *options, *overrides])
     started = time.perf_counter()
     failed = predicting.predict(cfg)
     wall = time.perf_counter() - started
@@ -126,7 +127,7 @@ def main() -> None:
     parser.add_argument("--size", default="2000x1500")
     parser.add_argument("--big", type=int, default=0, help="photos of --big-size added to the batch")
     parser.add_argument("--big-size", default="11664x8750")
-    parser.add_argument("--modes", nargs="+", default=["false", "true"], help="pipeline= values to run")
+    parser.add_argument("--modes", nargs="+", default=["false", "true"], help="pipeline= values to run, each with options after commas (true,writers=4)")
     parser.add_argument("--shards", type=int, default=0, help="also N shards at once vs one predict.py run")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "PHOTOS", "OUTPUT"), help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args()
@@ -145,7 +146,8 @@ def main() -> None:
         megapixels = (args.count * size[0] * size[1] + args.big * big[0] * big[1]) / 1e6
         results = {}
         for kind in ["prediction_only", *args.modes]:
-            command = [sys.executable, __file__, "--child", kind, str(photos), str(Path(tmp) / f"out_{kind}"), *overrides]
+            output = Path(tmp) / ("out_" + kind.replace(",", "_").replace("=", "_"))  # no Hydra syntax in the path
+            command = [sys.executable, __file__, "--child", kind, str(photos), str(output), *overrides]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[kind] = json.loads(output.strip().splitlines()[-1])
             print(kind, results[kind], flush=True)

@@ -30,6 +30,8 @@ def _cfg(name, tmp_path, *overrides):
     ("mm_per_px=0", "mm_per_px=0: must be a number > 0"),
     ("recursive=maybe", "recursive='maybe': must be true or false"),
     ("pipeline=2", "pipeline=2: must be auto, true or false"),
+    ("writers=0", "writers=0: must be auto or an integer >= 1"),
+    ("writers=many", "writers='many': must be auto or an integer >= 1"),
     ("shard.count=0", "shard.count=0: must be an integer >= 1"),
     ("shard.index=2", "shard.index=2: must be an integer in [0, 1)"),
     ("keep_joints=maybe", "keep_joints='maybe': must be true or false"),
@@ -40,7 +42,7 @@ def _cfg(name, tmp_path, *overrides):
 ])
 def test_bad_prediction_options_name_the_option_and_what_is_allowed(tmp_path, override, message):
     for name in ("predict", "evaluate"):
-        if name == "evaluate" and override.startswith(("mm_per_px", "recursive", "shard", "pipeline", "keep_joints", "joint_rule")):
+        if name == "evaluate" and override.startswith(("mm_per_px", "recursive", "shard", "pipeline", "writers", "keep_joints", "joint_rule")):
             continue
         with pytest.raises(OptionError) as err:
             check_inference_options(_cfg(name, tmp_path, override))

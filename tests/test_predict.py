@@ -185,8 +185,22 @@ def test_one_bad_photo_fails_alone_whatever_goes_wrong(red_checkpoint, tmp_path,
     assert (out / "report.html").is_file()
 
 
+@pytest.mark.parametrize("pipeline, writers, device, cores, expected", [
+    (False, "auto", "cuda", 16, 0), ("auto", "auto", "cpu", 2, 0), ("auto", "auto", "cpu", 8, 1),
+    ("auto", "auto", "cuda", 16, 4), ("auto", "auto", "cuda:1", 64, 4), ("auto", "auto", "cuda", 4, 1),
+    (True, "auto", "cpu", 2, 1), (True, 3, "cpu", 2, 3), ("auto", 2, "cpu", 2, 0),
+])
+def test_writers_follow_the_pipeline_option_the_device_and_the_cores(monkeypatch, pipeline, writers, device, cores,
+                                                                    expected):
+    import crackseg.tasks.predict as predicting
+
+    monkeypatch.setattr(predicting.os, "cpu_count", lambda: cores)
+    assert predicting._writers(pipeline, writers, device) == expected
+
+
+@pytest.mark.parametrize("writers", [1, 3])
 def test_the_pipeline_reads_ahead_and_writes_behind_the_model_with_the_same_outputs(red_checkpoint, tmp_path,
-                                                                                  monkeypatch):
+                                                                                  monkeypatch, writers):
     import threading
 
     import crackseg.tasks.predict as predicting
@@ -229,7 +243,7 @@ def test_the_pipeline_reads_ahead_and_writes_behind_the_model_with_the_same_outp
     monkeypatch.setattr(predicting, "_read", reading)
     monkeypatch.setattr(predicting, "_predict_one", predicting_one)
     monkeypatch.setattr(predicting, "_write", writing)
-    cfg.pipeline, cfg.output = True, str(tmp_path / "pipe")
+    cfg.pipeline, cfg.writers, cfg.output = True, writers, str(tmp_path / "pipe")
     assert predict(cfg) == 1
     assert seen["read"] == {"read"} and seen["write"] == {"write"} and all(seen["overlapped"])
     assert len(seen["overlapped"]) == 5
