@@ -74,9 +74,11 @@ def checkpoint(tiny_dataset, tmp_path_factory) -> Path:
 
 
 def predict_cfg(**overrides):
-    """predict.py's config (PyTorch, 64 px tiles) with ``overrides`` set."""
+    """predict.py's config (PyTorch, 64 px tiles, one photo at a time whatever the machine's cores:
+    the pipeline's tests ask for it) with ``overrides`` set."""
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("predict", overrides=["ckpt=x", "input=x", "output=x", "tile=64", "batch_size=4", "backend=torch"])
+        cfg = compose("predict", overrides=["ckpt=x", "input=x", "output=x", "tile=64", "batch_size=4", "backend=torch",
+                                            "pipeline=false"])
     for key, value in overrides.items():
         cfg[key] = value
     return cfg

@@ -1,6 +1,7 @@
 """predict.py: checkpoint loading, outputs, resumable batches, bad input."""
 
 import csv
+import html
 import json
 import logging
 import subprocess
@@ -161,27 +162,32 @@ def test_one_bad_photo_fails_alone_whatever_goes_wrong(red_checkpoint, tmp_path,
         photo[30:33, :, 0] = 255
         write_image(photos / f"{name}.png", photo)
     (photos / "huge.png").write_bytes(_png_claiming(60000, 60000))
-    import crackseg.tasks.predict as predicting
+    import crackseg.tasks.write_photo as writing
 
-    measure = predicting.measure_mask
-
-    def measure_fails_on_b(mask, *args):
-        measure_fails_on_b.calls += 1
-        if measure_fails_on_b.calls == 2:  # the second photo, b.png
-            raise RuntimeError("a bug in measuring")
-        return measure(mask, *args)
-
-    measure_fails_on_b.calls = 0
-    monkeypatch.setattr(predicting, "measure_mask", measure_fails_on_b)
     out = tmp_path / "out"
+    if pipeline:  # written in a writer process: its error comes back to fail b alone
+        (out / "b_cracks.json").mkdir(parents=True)
+        error = f"IsADirectoryError: [Errno 21] Is a directory: '{out / 'b_cracks.json'}'"
+    else:
+        measure = writing.measure_mask
+
+        def measure_fails_on_b(mask, *args):
+            measure_fails_on_b.calls += 1
+            if measure_fails_on_b.calls == 2:  # the second photo, b.png
+                raise RuntimeError("a bug in measuring")
+            return measure(mask, *args)
+
+        measure_fails_on_b.calls = 0
+        monkeypatch.setattr(writing, "measure_mask", measure_fails_on_b)
+        error = "RuntimeError: a bug in measuring"
     assert predict(_predict_cfg(ckpt=str(red_checkpoint), input=str(photos), output=str(out), tile=32,
                                 pipeline=pipeline)) == 2
     status = {r["photo"].split("/")[-1]: (r["status"], r["detail"]) for r in csv.DictReader((out / "summary.csv").open())}
     assert status["a.png"] == status["c.png"] == ("ok", "")
-    assert status["b.png"] == ("failed", "RuntimeError: a bug in measuring")
+    assert status["b.png"] == ("failed", error)
     assert status["huge.png"][0] == "failed" and "60000x60000 (3600 MP), above max_megapixels=250" in status["huge.png"][1]
     assert "huge.png" in status["huge.png"][1]
-    assert "failed: RuntimeError: a bug in measuring" in (out / "report.html").read_text()
+    assert f"failed: {error}" in html.unescape((out / "report.html").read_text())
     assert (out / "report.html").is_file()
 
 
@@ -216,7 +222,7 @@ def test_the_pipeline_reads_ahead_and_writes_behind_the_model_with_the_same_outp
     assert predict(cfg) == 1
 
     events = {(stage, n): threading.Event() for stage in ("read", "predict") for n in names}
-    seen = {"read": set(), "write": set(), "overlapped": []}
+    seen = {"read": set(), "write": set(), "processes": set(), "overlapped": []}
     read, predict_one, write = predicting._read, predicting._predict_one, predicting._write
 
     def wait_for(stage, job, ahead=1):  # the next photo's stage has started (only in a pipeline)
@@ -236,6 +242,7 @@ def test_the_pipeline_reads_ahead_and_writes_behind_the_model_with_the_same_outp
 
     def writing(job, *args):
         seen["write"].add(threading.current_thread().name.split("_")[0])
+        seen["processes"].add(type(args[-1]).__name__)
         if job.source.stem != "p2":  # (the next photo, p2_broken, fails when read: nothing to predict)
             wait_for("predict", job)  # photo k is written while photo k+1 is predicted
         return write(job, *args)
@@ -246,6 +253,7 @@ def test_the_pipeline_reads_ahead_and_writes_behind_the_model_with_the_same_outp
     cfg.pipeline, cfg.writers, cfg.output = True, writers, str(tmp_path / "pipe")
     assert predict(cfg) == 1
     assert seen["read"] == {"read"} and seen["write"] == {"write"} and all(seen["overlapped"])
+    assert seen["processes"] == {"WriterProcesses"}  # each writer thread hands its photo to a process
     assert len(seen["overlapped"]) == 5
     files = {folder: {p.name: p.read_bytes() for p in (tmp_path / folder).glob("p*")} for folder in ("seq", "pipe")}
     assert files["seq"] == files["pipe"] and len(files["seq"]) == 4 * 8
@@ -253,6 +261,35 @@ def test_the_pipeline_reads_ahead_and_writes_behind_the_model_with_the_same_outp
                   for r in csv.DictReader((tmp_path / folder / "summary.csv").open())] for folder in ("seq", "pipe")]
     assert summaries[0] == summaries[1] and [r["status"] for r in summaries[0]] == ["ok", "ok", "ok", "failed", "ok"]
     assert not list((tmp_path / "pipe").glob(".*.lock"))
+
+
+def test_a_writer_process_that_dies_fails_its_photo_and_a_fresh_one_writes_the_next(tmp_path):
+    from concurrent.futures.process import BrokenProcessPool
+
+    from crackseg.report.photo_outputs import output_paths
+    from crackseg.tasks.write_photo import WriterProcesses
+
+    photo = np.full((60, 80, 3), 90, np.uint8)
+    prob = np.zeros((60, 80), np.float32)
+    prob[30:33, 5:75] = 0.9
+
+    def task(stem):
+        return {"paths": output_paths(tmp_path, stem, True, True, joints=True), "stem": stem, "photo": photo,
+                "prob": prob, "mask": prob >= 0.5, "remeasure": False, "threshold": 0.5, "measure": True,
+                "settings": {"mm_per_px": None, "min_crack_length_px": 10.0, "joint_rule": None}, "drop_joints": None}
+
+    processes = WriterProcesses(1)
+    try:
+        assert processes.write_outputs(**task("a"))["cracks"] == 1
+        for process in list(processes._pool._processes.values()):  # killed as the kernel kills one out of memory
+            process.kill()
+            process.join()
+        with pytest.raises(BrokenProcessPool):
+            processes.write_outputs(**task("b"))
+        assert processes.write_outputs(**task("c"))["status"] == "ok"
+    finally:
+        processes.close()
+    assert (tmp_path / "c_mask.png").is_file() and (tmp_path / "c_cracks.json").is_file()
 
 
 def test_a_full_disk_fails_the_photo_leaves_nothing_half_written_and_a_rerun_completes(red_checkpoint, tmp_path,
@@ -286,7 +323,7 @@ def test_a_photo_predicted_again_and_stopped_midway_is_never_left_with_its_old_m
                                                                                           monkeypatch):
     import json
 
-    import crackseg.tasks.predict as predict_module
+    import crackseg.tasks.write_photo as write_module
 
     photos, out = tmp_path / "in", tmp_path / "out"
     photo = np.full((60, 80, 3), 90, np.uint8)
@@ -302,7 +339,7 @@ def test_a_photo_predicted_again_and_stopped_midway_is_never_left_with_its_old_m
     def broken(*args, **kwargs):
         raise MemoryError("killed while measuring")
 
-    monkeypatch.setattr(predict_module, "measure_mask", broken)
+    monkeypatch.setattr(write_module, "measure_mask", broken)
     assert predict(cfg) == 1
     # neither the old mask nor its measurement is left (the new mask waits for the joints, told apart by measuring)
     assert not (out / "a_cracks.json").exists() and not (out / "a_mask.png").exists()
@@ -315,7 +352,7 @@ def test_a_photo_predicted_again_and_stopped_midway_is_never_left_with_its_old_m
     cfg.measure = True
     assert predict(cfg) == 0 and len(json.loads((out / "a_cracks.json").read_text())["cracks"]) == 2
     cfg.threshold = 0.99  # predicted again, killed while writing its measurement: the new mask stays, unmeasured
-    monkeypatch.setattr(predict_module, "write_crack_outputs", broken)
+    monkeypatch.setattr(write_module, "write_crack_outputs", broken)
     assert predict(cfg) == 1 and not (out / "a_cracks.json").exists() and (out / "a_mask.png").is_file()
     monkeypatch.undo()
     assert predict(cfg) == 0 and len(json.loads((out / "a_cracks.json").read_text())["cracks"]) == 1

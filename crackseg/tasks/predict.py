@@ -19,14 +19,15 @@ from tqdm import tqdm
 from crackseg.campaign import CampaignPhoto, find_photos, shard
 from crackseg.inference.backends import predictor_from_config
 from crackseg.inference.predictor import Predictor
+from crackseg.tasks.write_photo import WriterProcesses, write_outputs
 from crackseg.tiling import TileCounts
-from crackseg.io import ImageReadError, claimed, read_mask, read_photo, remove_stale_temp_files, write_image
-from crackseg.measure import JointRule, measure_mask, split_joints
+from crackseg.io import ImageReadError, claimed, read_mask, read_photo, remove_stale_temp_files
+from crackseg.measure import JointRule
 from crackseg.options import check_inference_options
 from crackseg.report.batch import CLAIMED_ELSEWHERE, publish
-from crackseg.report.crack_outputs import read_crack_document, summary_fields, write_crack_outputs
+from crackseg.report.crack_outputs import read_crack_document, summary_fields
 from crackseg.report.photo_outputs import (
-    MEASUREMENT_OUTPUTS, output_paths, read_contours_head, saved_prediction_fields, write_photo_outputs,
+    MEASUREMENT_OUTPUTS, output_paths, read_contours_head, saved_prediction_fields,
 )
 
 log = logging.getLogger(__name__)
@@ -105,10 +106,11 @@ class _PhotoJob:
 
 
 def _writers(pipeline, writers, device) -> int:
-    """How many photos are written and measured at once beside the model; 0: no pipeline (one
-    photo at a time). ``pipeline=auto`` pipelines on a GPU or where the CPU has cores to spare (on
-    a small CPU the model already keeps every core busy); ``writers=auto`` is 1 on a CPU, and on a
-    GPU one per 4 cores, at most 4 (a GPU predicts a 12-MP photo faster than one core measures it)."""
+    """How many photos are written and measured at once beside the model (writer processes); 0: no
+    pipeline (one photo at a time). ``pipeline=auto`` pipelines on a GPU or where the CPU has cores
+    to spare (on a small CPU the model already keeps every core busy); ``writers=auto`` is 1 on a
+    CPU, and on a GPU one per 4 cores, at most 4 (a GPU predicts a 12-MP photo faster than one core
+    measures it)."""
     cuda, cores = str(device).startswith("cuda"), os.cpu_count() or 1
     if not ((cuda or cores > 2) if pipeline == "auto" else pipeline):
         return 0
@@ -121,7 +123,8 @@ def _predict_photos(photos: list[CampaignPhoto], output_dir: Path, cfg: DictConf
                     threshold: float, settings: dict, writers: int) -> list[dict]:
     """Every photo's summary row, in order. Pipelined (``writers`` > 0), photo k+1 is read (a reader
     thread) while the model predicts photo k and up to ``writers`` earlier photos are written and
-    measured (writer threads): at most ``writers`` + 2 photos in memory; else one photo at a time.
+    measured (writer processes, each fed by a thread): at most ``writers`` + 2 photos in this
+    process's memory, plus a copy in each writer; else one photo at a time, all in this process.
     Any failure fails its photo only."""
     started: list[_PhotoJob] = []
 
@@ -136,8 +139,8 @@ def _predict_photos(photos: list[CampaignPhoto], output_dir: Path, cfg: DictConf
     def compute(job: _PhotoJob) -> _PhotoJob:
         return _stage(job, lambda j: _predict_one(j, predictor, threshold))
 
-    def finish(job: _PhotoJob) -> dict:
-        _stage(job, lambda j: _write(j, cfg, threshold, settings))
+    def finish(job: _PhotoJob, processes: WriterProcesses | None = None) -> dict:
+        _stage(job, lambda j: _write(j, cfg, threshold, settings, processes))
         job.claim.close()
         job.photo = job.prob = job.mask = None
         return job.row | ({"seconds": round(job.seconds, 2)} if job.row["status"] != "skipped" else {})
@@ -145,9 +148,11 @@ def _predict_photos(photos: list[CampaignPhoto], output_dir: Path, cfg: DictConf
     try:
         if not writers:
             return [finish(compute(load(job))) for job in jobs()]
-        rows, queue, writing = [], jobs(), deque()
-        with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, \
-                ThreadPoolExecutor(writers, thread_name_prefix="write") as writer:
+        rows, queue, writing, processes = [], jobs(), deque(), WriterProcesses(writers)
+        with ExitStack() as stack:
+            stack.callback(processes.close)
+            reader = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="read"))
+            writer = stack.enter_context(ThreadPoolExecutor(writers, thread_name_prefix="write"))
             loading = _submit_next(reader, load, queue)
             while loading is not None:
                 job = loading.result()
@@ -155,7 +160,7 @@ def _predict_photos(photos: list[CampaignPhoto], output_dir: Path, cfg: DictConf
                 compute(job)  # ...while photo k is predicted...
                 while len(writing) >= writers:
                     rows.append(writing.popleft().result())
-                writing.append(writer.submit(finish, job))  # ...and written while the next ones are predicted
+                writing.append(writer.submit(finish, job, processes))  # ...and written while the next are predicted
             rows.extend(w.result() for w in writing)
         return rows
     finally:  # a run stopped midway gives back its claims
@@ -244,49 +249,14 @@ def _predict_one(job: _PhotoJob, predictor: Predictor, threshold: float) -> None
     job.mask = job.prob >= threshold
 
 
-def _write(job: _PhotoJob, cfg: DictConfig, threshold: float, settings: dict) -> None:
-    """The prediction's outputs (unless re-measuring), then the measurement's; the instances the
-    measurement takes for joints leave the mask unless ``keep_joints``. A photo predicted again first
-    loses its old mask (the mark of a finished prediction) and measurement, so a run stopped midway
-    leaves it to be done again, never the old measurement beside a new mask."""
-    drop_joints = dropped_joints(cfg) is not None
-    if not job.remeasure:
-        every_output = output_paths(job.paths["mask"].parent, job.source.stem, joints=True)  # measure=false keeps old ones too
-        for key in ("mask", "joints", *MEASUREMENT_OUTPUTS):
-            every_output[key].unlink(missing_ok=True)
-    cracks, measuring = None, time.perf_counter()
-    if cfg.measure or drop_joints:  # joints are told from cracks by their measures
-        cracks = _measure(job.mask, settings)
-    measure_seconds = time.perf_counter() - measuring
-    joints = split_joints(job.mask, cracks) if drop_joints else None
-    if cracks is not None:
-        cracks = _at_least(cracks, settings["min_crack_length_px"])
-    if not job.remeasure:
-        if drop_joints and joints.any():
-            write_image(job.paths["joints"], joints.astype(np.uint8) * 255)
-        job.row.update(write_photo_outputs(job.paths, job.photo, job.prob, job.mask, threshold, dropped_joints(cfg)))
-        job.prob = None
-    if cfg.measure:
-        measuring = time.perf_counter()
-        job.row.update(write_crack_outputs(job.paths, job.photo, cracks, settings))
-        job.row["measure_seconds"] = round(measure_seconds + time.perf_counter() - measuring, 2)
-    job.row["status"] = "ok"
-
-
-def _measure(mask: np.ndarray, settings: dict) -> list:
-    """The mask's instances typed by the joint rule, measured down to the rule's length even where
-    ``min_crack_length_px`` is longer: which joints leave the mask does not depend on it."""
-    rule = None if settings["joint_rule"] is None else JointRule(**settings["joint_rule"])
-    shortest = settings["min_crack_length_px"] if rule is None else min(settings["min_crack_length_px"], rule.min_length_px)
-    return measure_mask(mask, shortest, rule)
-
-
-def _at_least(cracks: list, min_length_px: float) -> list:
-    """The cracks (and joints) at least ``min_length_px`` long, numbered again from 1."""
-    kept = [c for c in cracks if c.length >= min_length_px]
-    for number, crack in enumerate(kept, 1):
-        crack.id = number
-    return kept
+def _write(job: _PhotoJob, cfg: DictConfig, threshold: float, settings: dict,
+           processes: WriterProcesses | None = None) -> None:
+    """The photo's outputs and measurement (:func:`write_outputs`), in ``processes`` when given."""
+    task = {"paths": job.paths, "stem": job.source.stem, "photo": job.photo, "prob": job.prob, "mask": job.mask,
+            "remeasure": job.remeasure, "threshold": threshold, "settings": settings, "measure": cfg.measure,
+            "drop_joints": dropped_joints(cfg)}
+    job.prob = None
+    job.row.update(processes.write_outputs(**task) if processes else write_outputs(**task))
 
 
 def _measured(paths: dict[str, Path], settings: dict) -> dict | None:
