@@ -8,8 +8,8 @@ Each mode runs ``crackseg.tasks.predict.predict`` (measure=true) in its own chil
 peak RSS is its own; the prediction-only reference predicts the decoded photos, one after the
 other, with nothing read, written or measured, in another child. Reported per mode: photos/s end
 to end, its ratio to the prediction-only throughput (the share of the model's speed the batch
-keeps), the share of the wall time the model was busy, and peak RSS (of the run's process, and
-of its largest child: a writer process when pipelined). ``--shards N`` also runs
+keeps), the share of the wall time the model was busy, and peak RSS (of the run's process; not of
+its writer processes). ``--shards N`` also runs
 ``predict.py`` as a user does, once unsharded and once as N shards at the same time through Hydra's
 submitit_local launcher (wall time of each command, process start and model load included), and
 checks that both wrote the same per-photo files. The LAST line printed is one JSON object.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -85,9 +84,8 @@ def _run_batch(photos: Path, output: Path, pipeline: str, overrides: list[str]) 
     started = time.perf_counter()
     failed = predicting.predict(cfg)
     wall = time.perf_counter() - started
-    children_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB: its largest child process
     return {"wall_s": round(wall, 2), "model_busy_s": round(busy[0], 2), "failed": failed,
-            "peak_rss_gib": round(_peak_rss_gib(), 3), "children_peak_rss_gib": round(children_rss, 3)}
+            "peak_rss_gib": round(_peak_rss_gib(), 3)}
 
 
 def _run_prediction_only(photos: Path, output: Path, overrides: list[str]) -> dict:
