@@ -149,8 +149,8 @@ def main() -> None:
         for kind in ["prediction_only", *args.modes]:
             output = Path(tmp) / ("out_" + kind.replace(",", "_").replace("=", "_"))  # no Hydra syntax in the path
             command = [sys.executable, __file__, "--child", kind, str(photos), str(output), *overrides]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            results[kind] = json.loads(output.strip().splitlines()[-1])
+            printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            results[kind] = json.loads(printed.strip().splitlines()[-1])
             print(kind, results[kind], flush=True)
         if args.shards > 1:
             whole, sharded = Path(tmp) / "cli_whole", Path(tmp) / "cli_sharded"

@@ -221,7 +221,7 @@ def test_the_pipeline_reads_ahead_and_writes_behind_the_model_with_the_same_outp
     cfg = _predict_cfg(ckpt=str(red_checkpoint), input=str(photos), tile=32, pipeline=False, output=str(tmp_path / "seq"))
     assert predict(cfg) == 1
 
-    events = {(stage, n): threading.Event() for stage in ("read", "predict") for n in names}
+    events = {(stage, n): threading.Event() for stage in ("read", "predict", "write") for n in names}
     seen = {"read": set(), "write": set(), "processes": set(), "overlapped": []}
     read, predict_one, write = predicting._read, predicting._predict_one, predicting._write
 
@@ -243,6 +243,9 @@ def test_the_pipeline_reads_ahead_and_writes_behind_the_model_with_the_same_outp
     def writing(job, *args):
         seen["write"].add(threading.current_thread().name.split("_")[0])
         seen["processes"].add(type(args[-1]).__name__)
+        events["write", job.source.stem].set()
+        if writers > 1 and job.source.stem == "p0":  # p1 is written while p0 still is
+            seen["written_together"] = events["write", "p1"].wait(timeout=20)
         if job.source.stem != "p2":  # (the next photo, p2_broken, fails when read: nothing to predict)
             wait_for("predict", job)  # photo k is written while photo k+1 is predicted
         return write(job, *args)
@@ -254,6 +257,7 @@ def test_the_pipeline_reads_ahead_and_writes_behind_the_model_with_the_same_outp
     assert predict(cfg) == 1
     assert seen["read"] == {"read"} and seen["write"] == {"write"} and all(seen["overlapped"])
     assert seen["processes"] == {"WriterProcesses"}  # each writer thread hands its photo to a process
+    assert seen.get("written_together", False) == (writers > 1)
     assert len(seen["overlapped"]) == 5
     files = {folder: {p.name: p.read_bytes() for p in (tmp_path / folder).glob("p*")} for folder in ("seq", "pipe")}
     assert files["seq"] == files["pipe"] and len(files["seq"]) == 4 * 8
@@ -263,33 +267,51 @@ def test_the_pipeline_reads_ahead_and_writes_behind_the_model_with_the_same_outp
     assert not list((tmp_path / "pipe").glob(".*.lock"))
 
 
-def test_a_writer_process_that_dies_fails_its_photo_and_a_fresh_one_writes_the_next(tmp_path):
+def test_a_writer_process_that_dies_fails_its_photo_and_fresh_writers_take_the_next(tmp_path):
+    import threading
+    import time
     from concurrent.futures.process import BrokenProcessPool
 
     from crackseg.report.photo_outputs import output_paths
-    from crackseg.tasks.write_photo import WriterProcesses
+    from crackseg.tasks.write_photo import WriterProcesses, WriteTask
 
-    photo = np.full((60, 80, 3), 90, np.uint8)
-    prob = np.zeros((60, 80), np.float32)
-    prob[30:33, 5:75] = 0.9
+    def task(stem, size=60):
+        photo = np.full((size, size, 3), 90, np.uint8)
+        prob = np.zeros((size, size), np.float32)
+        prob[30:33, 5:55] = 0.9
+        return WriteTask(output_paths(tmp_path, stem, True, True, joints=True), stem, photo, prob, prob >= 0.5,
+                         remeasure=False, threshold=0.5, measure=True, drop_joints=None,
+                         settings={"mm_per_px": None, "min_crack_length_px": 10.0, "joint_rule": None})
 
-    def task(stem):
-        return {"paths": output_paths(tmp_path, stem, True, True, joints=True), "stem": stem, "photo": photo,
-                "prob": prob, "mask": prob >= 0.5, "remeasure": False, "threshold": 0.5, "measure": True,
-                "settings": {"mm_per_px": None, "min_crack_length_px": 10.0, "joint_rule": None}, "drop_joints": None}
+    def busy_seconds(process):  # user + system CPU time of a process
+        return sum(map(int, open(f"/proc/{process.pid}/stat").read().rsplit(")", 1)[1].split()[11:13])) / 100
+
+    def kill_when(pool, condition):  # killed as the kernel kills one out of memory
+        (process,) = pool._processes.values()
+        deadline = time.monotonic() + 20
+        while not condition(process) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        process.kill()
 
     processes = WriterProcesses(1)
     try:
-        assert processes.write_outputs(**task("a"))["cracks"] == 1
-        for process in list(processes._pool._processes.values()):  # killed as the kernel kills one out of memory
-            process.kill()
-            process.join()
+        assert processes.write_outputs(task("a"))["cracks"] == 1
+        pool, idle = processes._pool, busy_seconds(next(iter(processes._pool._processes.values())))
+        killer = threading.Thread(target=kill_when, args=(pool, lambda p: busy_seconds(p) > idle + 0.05))
+        killer.start()  # the writer dies while it holds b (a large photo: its transfer and writing take a while)
         with pytest.raises(BrokenProcessPool):
-            processes.write_outputs(**task("b"))
-        assert processes.write_outputs(**task("c"))["status"] == "ok"
+            processes.write_outputs(task("b", size=4000))
+        killer.join()
+        assert processes.write_outputs(task("c"))["status"] == "ok"  # a fresh writer
+        kill_when(processes._pool, lambda p: True)  # idle this time: the pool is found broken when d comes
+        deadline = time.monotonic() + 20
+        while not processes._pool._broken and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert processes.write_outputs(task("d"))["status"] == "ok"  # it never reached the dead writer
     finally:
         processes.close()
-    assert (tmp_path / "c_mask.png").is_file() and (tmp_path / "c_cracks.json").is_file()
+    assert not (tmp_path / "b_mask.png").exists()
+    assert all((tmp_path / f"{stem}_mask.png").is_file() and (tmp_path / f"{stem}_cracks.json").is_file() for stem in "cd")
 
 
 def test_a_full_disk_fails_the_photo_leaves_nothing_half_written_and_a_rerun_completes(red_checkpoint, tmp_path,

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from crackseg.campaign import CampaignPhoto, find_photos, shard
 from crackseg.inference.backends import predictor_from_config
 from crackseg.inference.predictor import Predictor
-from crackseg.tasks.write_photo import WriterProcesses, write_outputs
+from crackseg.tasks.write_photo import WriteTask, WriterProcesses, write_outputs
 from crackseg.tiling import TileCounts
 from crackseg.io import ImageReadError, claimed, read_mask, read_photo, remove_stale_temp_files
 from crackseg.measure import JointRule
@@ -252,11 +252,10 @@ def _predict_one(job: _PhotoJob, predictor: Predictor, threshold: float) -> None
 def _write(job: _PhotoJob, cfg: DictConfig, threshold: float, settings: dict,
            processes: WriterProcesses | None = None) -> None:
     """The photo's outputs and measurement (:func:`write_outputs`), in ``processes`` when given."""
-    task = {"paths": job.paths, "stem": job.source.stem, "photo": job.photo, "prob": job.prob, "mask": job.mask,
-            "remeasure": job.remeasure, "threshold": threshold, "settings": settings, "measure": cfg.measure,
-            "drop_joints": dropped_joints(cfg)}
-    job.prob = None
-    job.row.update(processes.write_outputs(**task) if processes else write_outputs(**task))
+    task = WriteTask(job.paths, job.source.stem, job.photo, job.prob if "prob" in job.paths else None, job.mask,
+                     job.remeasure, threshold, settings, cfg.measure, dropped_joints(cfg))
+    job.prob = None  # the task holds it until written
+    job.row.update(processes.write_outputs(task) if processes else write_outputs(task))
 
 
 def _measured(paths: dict[str, Path], settings: dict) -> dict | None:

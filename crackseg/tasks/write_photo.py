@@ -4,11 +4,16 @@ the GIL against the thread that feeds the model (measured on a GPU: BENCHMARKS.m
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import os
+import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 
 import numpy as np
@@ -19,32 +24,51 @@ from crackseg.report.crack_outputs import write_crack_outputs
 from crackseg.report.photo_outputs import MEASUREMENT_OUTPUTS, output_paths, write_photo_outputs
 
 
-def write_outputs(paths: dict[str, Path], stem: str, photo: np.ndarray, prob: np.ndarray | None, mask: np.ndarray, *,
-                  remeasure: bool, threshold: float, settings: dict, measure: bool, drop_joints: dict | None) -> dict:
+@dataclass
+class WriteTask:
+    """What the write stage needs of one photo: its output ``paths`` (``output_paths``), the photo,
+    its probabilities (None unless ``_prob.png`` is written) and mask; ``drop_joints``: the rule
+    whose joints leave the mask, or None."""
+
+    paths: dict[str, Path]
+    stem: str
+    photo: np.ndarray
+    prob: np.ndarray | None
+    mask: np.ndarray
+    remeasure: bool
+    threshold: float
+    settings: dict
+    measure: bool
+    drop_joints: dict | None
+
+
+def write_outputs(task: WriteTask) -> dict:
     """The prediction's outputs (unless re-measuring a saved mask), then the measurement's; the
-    instances the joint rule ``drop_joints`` takes for joints leave the mask (None: none leave it).
+    instances the joint rule takes for joints leave the mask unless ``task.drop_joints`` is None.
     A photo predicted again first loses its old mask (the mark of a finished prediction) and
     measurement, so a run stopped midway leaves it to be done again, never the old measurement
-    beside a new mask. Returns the photo's summary fields."""
-    row = {}
-    if not remeasure:
-        every_output = output_paths(paths["mask"].parent, stem, joints=True)  # measure=false keeps old ones too
+    beside a new mask. Returns the photo's summary fields. Takes ``task.prob`` (freed once written)."""
+    paths, mask, settings, row = task.paths, task.mask, task.settings, {}
+    prob, task.prob = task.prob, None
+    if not task.remeasure:
+        every_output = output_paths(paths["mask"].parent, task.stem, joints=True)  # measure=false keeps old ones too
         for key in ("mask", "joints", *MEASUREMENT_OUTPUTS):
             every_output[key].unlink(missing_ok=True)
     cracks, measuring = None, time.perf_counter()
-    if measure or drop_joints is not None:  # joints are told from cracks by their measures
+    if task.measure or task.drop_joints is not None:  # joints are told from cracks by their measures
         cracks = _measure(mask, settings)
     measure_seconds = time.perf_counter() - measuring
-    joints = split_joints(mask, cracks) if drop_joints is not None else None
+    joints = split_joints(mask, cracks) if task.drop_joints is not None else None
     if cracks is not None:
         cracks = _at_least(cracks, settings["min_crack_length_px"])
-    if not remeasure:
+    if not task.remeasure:
         if joints is not None and joints.any():
             write_image(paths["joints"], joints.astype(np.uint8) * 255)
-        row.update(write_photo_outputs(paths, photo, prob, mask, threshold, drop_joints))
-    if measure:
+        row.update(write_photo_outputs(paths, task.photo, prob, mask, task.threshold, task.drop_joints))
+        prob = None
+    if task.measure:
         measuring = time.perf_counter()
-        row.update(write_crack_outputs(paths, photo, cracks, settings))
+        row.update(write_crack_outputs(paths, task.photo, cracks, settings))
         row["measure_seconds"] = round(measure_seconds + time.perf_counter() - measuring, 2)
     return row | {"status": "ok"}
 
@@ -67,26 +91,56 @@ def _at_least(cracks: list, min_length_px: float) -> list:
 
 class WriterProcesses:
     """``count`` spawned processes (not forked: the parent holds CUDA and threads) that run
-    :func:`write_outputs`. A process that dies (killed out of memory, say) fails the photos the
-    pool held at that moment, and a fresh pool takes the next ones."""
+    :func:`write_outputs`; their log records go to this process's handlers, they leave Ctrl-C to
+    this process (which lets them finish the photos they hold) and end with it. A process that
+    dies (killed out of memory, say) breaks the pool: the photos it held at that moment fail, and
+    a fresh pool takes the next ones (and one that found the pool already broken)."""
 
     def __init__(self, count: int):
-        self._count, self._lock = count, threading.Lock()
+        context = multiprocessing.get_context("spawn")
+        self._count, self._context, self._lock = count, context, threading.Lock()
+        self._records = context.Queue()
+        self._listener = QueueListener(self._records, *logging.getLogger().handlers, respect_handler_level=True)
+        self._listener.start()
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self._count, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(self._count, mp_context=self._context, initializer=_start_writer,
+                                   initargs=(self._records, logging.getLogger().level))
 
-    def write_outputs(self, **task) -> dict:
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is broken:
+                self._pool = self._new_pool()
+        broken.shutdown(wait=False)
+
+    def write_outputs(self, task: WriteTask) -> dict:
         pool = self._pool
         try:
-            return pool.submit(write_outputs, **task).result()
+            future = pool.submit(write_outputs, task)
+        except BrokenProcessPool:  # broken before this photo reached it: a fresh pool takes it
+            self._replace(pool)
+            pool = self._pool
+            future = pool.submit(write_outputs, task)
+        try:
+            return future.result()
         except BrokenProcessPool:
-            with self._lock:
-                if self._pool is pool:
-                    self._pool = self._new_pool()
-            pool.shutdown(wait=False)
+            self._replace(pool)
             raise
 
     def close(self) -> None:
-        self._pool.shutdown()
+        try:
+            self._pool.shutdown()
+        finally:
+            self._listener.stop()
+
+
+def _start_writer(records, level: int) -> None:
+    """A writer process's set-up: its log records to the parent, Ctrl-C ignored (the parent stops
+    the run), and an exit as soon as the parent is gone (killed, say)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    root = logging.getLogger()
+    root.handlers[:] = [QueueHandler(records)]
+    root.setLevel(level)
+    parent = multiprocessing.parent_process()
+    threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True).start()
