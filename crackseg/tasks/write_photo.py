@@ -1,6 +1,6 @@
 """The write stage of predict.py: a predicted photo's outputs and its measurement. Free of torch,
 so that writer processes start fast; in processes, the measurement's Python work no longer holds
-the GIL against the thread that feeds the model (measured on a GPU: BENCHMARKS.md)."""
+the GIL against the thread that feeds the model (as writer threads did on a GPU: BENCHMARKS.md)."""
 
 from __future__ import annotations
 
