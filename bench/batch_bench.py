@@ -128,7 +128,8 @@ def main() -> None:
     parser.add_argument("--size", default="2000x1500")
     parser.add_argument("--big", type=int, default=0, help="photos of --big-size added to the batch")
     parser.add_argument("--big-size", default="11664x8750")
-    parser.add_argument("--modes", nargs="+", default=["false", "true"], help="pipeline= values to run, each with options after commas (true,writers=4)")
+    parser.add_argument("--modes", nargs="+", default=["false", "true"],
+                        help="pipeline= values to run, each with options after commas (true,writers=4)")
     parser.add_argument("--shards", type=int, default=0, help="also N shards at once vs one predict.py run")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "PHOTOS", "OUTPUT"), help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args()

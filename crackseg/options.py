@@ -101,9 +101,9 @@ def check_inference_options(cfg: DictConfig) -> None:
         _number("max_megapixels", cfg.max_megapixels, 0)
     if "pipeline" in cfg and not (cfg.pipeline == "auto" or isinstance(cfg.pipeline, bool)):
         _fail("pipeline", cfg.pipeline, "must be auto, true or false")
-    writers = cfg.get("writers", "auto")
-    if writers != "auto" and (isinstance(writers, bool) or not isinstance(writers, int) or writers < 1):
-        _fail("writers", writers, "must be auto or an integer >= 1")
+    if "writers" in cfg and cfg.writers != "auto" and (isinstance(cfg.writers, bool) or not isinstance(cfg.writers, int)
+                                                      or cfg.writers < 1):
+        _fail("writers", cfg.writers, "must be auto or an integer >= 1")
     if "recursive" in cfg and not isinstance(cfg.recursive, bool):
         _fail("recursive", cfg.recursive, "must be true or false")
     if "keep_joints" in cfg and not isinstance(cfg.keep_joints, bool):

@@ -19,7 +19,6 @@ from tqdm import tqdm
 from crackseg.campaign import CampaignPhoto, find_photos, shard
 from crackseg.inference.backends import predictor_from_config
 from crackseg.inference.predictor import Predictor
-from crackseg.tasks.write_photo import WriteTask, WriterProcesses, write_outputs
 from crackseg.tiling import TileCounts
 from crackseg.io import ImageReadError, claimed, read_mask, read_photo, remove_stale_temp_files
 from crackseg.measure import JointRule
@@ -29,6 +28,7 @@ from crackseg.report.crack_outputs import read_crack_document, summary_fields
 from crackseg.report.photo_outputs import (
     MEASUREMENT_OUTPUTS, output_paths, read_contours_head, saved_prediction_fields,
 )
+from crackseg.tasks.write_photo import WriteTask, WriterProcesses, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _writers(pipeline, writers, device) -> int:
     if not ((cuda or cores > 2) if pipeline == "auto" else pipeline):
         return 0
     if writers != "auto":
-        return int(writers)
+        return writers
     return min(4, max(1, cores // 4)) if cuda else 1
 
 
