@@ -75,7 +75,7 @@ def main() -> None:
 
     from crackseg.measure import measure_mask
     from crackseg.report.crack_outputs import write_crack_outputs
-    from crackseg.report.photo_outputs import output_paths, write_photo_outputs
+    from crackseg.report.photo_outputs import output_paths, probability_image, write_photo_outputs
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -86,7 +86,7 @@ def main() -> None:
         photo, mask = np.load(folder / "photo.npy"), np.load(folder / "mask.npy")
         rss_before = _rss_gib("VmRSS")
 
-        prob = mask.astype(np.float32)  # predict.py holds the probability map while writing
+        prob = probability_image(mask.astype(np.float32))  # predict.py holds the probability image while writing
         _reset_peak()
         started = time.perf_counter()
         row = write_photo_outputs(output_paths(folder, "photo"), photo, prob, mask, 0.5)

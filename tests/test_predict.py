@@ -18,7 +18,8 @@ from crackseg.io import ImageReadError, read_mask, write_image
 from crackseg.models.module import CrackSegModule
 from crackseg.tasks.predict import predict
 from crackseg.report.photo_outputs import (
-    contour_record, find_contours, output_paths, region_pixels, saved_prediction_fields, write_photo_outputs,
+    contour_record, find_contours, output_paths, probability_image, region_pixels, saved_prediction_fields,
+    write_photo_outputs,
 )
 from tests.conftest import ROOT, copy_photos as _copy_photos, predict_cfg as _predict_cfg
 
@@ -279,7 +280,8 @@ def test_a_writer_process_that_dies_fails_its_photo_and_fresh_writers_take_the_n
         photo = np.full((size, size, 3), 90, np.uint8)
         prob = np.zeros((size, size), np.float32)
         prob[30:33, 5:55] = 0.9
-        return WriteTask(output_paths(tmp_path, stem, True, True, joints=True), stem, photo, prob, prob >= 0.5,
+        return WriteTask(output_paths(tmp_path, stem, True, True, joints=True), stem, photo,
+                         probability_image(prob), prob >= 0.5,
                          remeasure=False, threshold=0.5, measure=True, drop_joints=None,
                          settings={"mm_per_px": None, "min_crack_length_px": 10.0, "joint_rule": None})
 
@@ -424,11 +426,17 @@ def test_a_crack_inside_a_cell_of_map_cracking_has_its_own_contour_and_pixels():
         assert sorted(region_pixels(cracks, found)) == pixels
 
 
+def test_the_probability_image_holds_each_probability_at_the_nearest_of_256_levels():
+    prob = np.array([[0.0, 0.2, 0.5019, 0.998, 1.0, 1e-3]], np.float32)
+    image = probability_image(prob)
+    assert image.dtype == np.uint8 and image.tolist() == [[0, 51, 128, 254, 255, 0]]
+
+
 def test_a_saved_prediction_is_summarised_from_the_head_of_its_contours_file(tmp_path):
     mask = np.zeros((50, 80), np.uint8)
     mask[10:20, 5:45] = mask[30:45, 60:63] = 1
     paths = output_paths(tmp_path, "p")
-    write_photo_outputs(paths, np.zeros((50, 80, 3), np.uint8), mask.astype(np.float32), mask.astype(bool), 0.5)
+    write_photo_outputs(paths, np.zeros((50, 80, 3), np.uint8), mask * 255, mask.astype(bool), 0.5)
     expected = {"width": 80, "height": 50, "crack_pixels": 445, "crack_fraction": round(445 / 4000, 6), "contours": 2}
     assert saved_prediction_fields(paths) == expected
     assert json.loads(paths["contours"].read_text())["count"] == 2

@@ -103,13 +103,19 @@ def draw_overlay(photo: np.ndarray, contours: list[np.ndarray]) -> np.ndarray:
     return overlay
 
 
-def write_photo_outputs(paths: dict[str, Path], photo: np.ndarray, prob: np.ndarray, mask: np.ndarray,
+def probability_image(prob: np.ndarray) -> np.ndarray:
+    """The probabilities as ``_prob.png`` holds them: 0-255, rounded and saturated (no float copy)."""
+    return cv2.convertScaleAbs(prob, alpha=255)
+
+
+def write_photo_outputs(paths: dict[str, Path], photo: np.ndarray, prob_image: np.ndarray | None, mask: np.ndarray,
                         threshold: float, joints: dict | None = None) -> dict:
-    """Write the prediction outputs of one photo (``mask``: ``prob >= threshold``, less the joints
-    of rule ``joints`` when given); returns its summary row fields (without timing)."""
+    """Write the prediction outputs of one photo (``prob_image``: :func:`probability_image`, needed
+    when ``paths`` has "prob"; ``mask``: probabilities >= ``threshold``, less the joints of rule
+    ``joints`` when given); returns its summary row fields (without timing)."""
     contours = find_contours(mask)
     if "prob" in paths:
-        write_image(paths["prob"], cv2.convertScaleAbs(prob, alpha=255))  # rounds and saturates, no float copy
+        write_image(paths["prob"], prob_image)
     write_image(paths["overlay"], draw_overlay(photo, contours), jpeg_quality=90)
     write_contours(paths["contours"], mask, contours, threshold, joints)
     write_image(paths["mask"], mask.astype(np.uint8) * 255)  # last: its presence marks a finished photo

@@ -26,7 +26,7 @@ from crackseg.options import check_inference_options
 from crackseg.report.batch import CLAIMED_ELSEWHERE, publish
 from crackseg.report.crack_outputs import read_crack_document, summary_fields
 from crackseg.report.photo_outputs import (
-    MEASUREMENT_OUTPUTS, output_paths, read_contours_head, saved_prediction_fields,
+    MEASUREMENT_OUTPUTS, output_paths, probability_image, read_contours_head, saved_prediction_fields,
 )
 from crackseg.tasks.write_photo import WriteTask, WriterProcesses, write_outputs
 
@@ -252,9 +252,10 @@ def _predict_one(job: _PhotoJob, predictor: Predictor, threshold: float) -> None
 def _write(job: _PhotoJob, cfg: DictConfig, threshold: float, settings: dict,
            processes: WriterProcesses | None = None) -> None:
     """The photo's outputs and measurement (:func:`write_outputs`), in ``processes`` when given."""
-    task = WriteTask(job.paths, job.source.stem, job.photo, job.prob if "prob" in job.paths else None, job.mask,
+    prob_image = probability_image(job.prob) if "prob" in job.paths and job.prob is not None else None
+    job.prob = None  # freed now: the writer gets the 8-bit image, a quarter of the float map
+    task = WriteTask(job.paths, job.source.stem, job.photo, prob_image, job.mask,
                      job.remeasure, threshold, settings, cfg.measure, dropped_joints(cfg))
-    job.prob = None  # the task holds it until written
     job.row.update(processes.write_outputs(task) if processes else write_outputs(task))
 
 

@@ -27,13 +27,13 @@ from crackseg.report.photo_outputs import MEASUREMENT_OUTPUTS, output_paths, wri
 @dataclass
 class WriteTask:
     """What the write stage needs of one photo: its output ``paths`` (``output_paths``), the photo,
-    its probabilities (None unless ``_prob.png`` is written) and mask; ``drop_joints``: the rule
-    whose joints leave the mask, or None."""
+    ``prob_image`` (``probability_image``; None unless ``_prob.png`` is written) and mask;
+    ``drop_joints``: the rule whose joints leave the mask, or None."""
 
     paths: dict[str, Path]
     stem: str
     photo: np.ndarray
-    prob: np.ndarray | None
+    prob_image: np.ndarray | None
     mask: np.ndarray
     remeasure: bool
     threshold: float
@@ -47,9 +47,9 @@ def write_outputs(task: WriteTask) -> dict:
     instances the joint rule takes for joints leave the mask unless ``task.drop_joints`` is None.
     A photo predicted again first loses its old mask (the mark of a finished prediction) and
     measurement, so a run stopped midway leaves it to be done again, never the old measurement
-    beside a new mask. Returns the photo's summary fields. Takes ``task.prob`` (freed once written)."""
+    beside a new mask. Returns the photo's summary fields. Takes ``task.prob_image`` (freed once written)."""
     paths, mask, settings, row = task.paths, task.mask, task.settings, {}
-    prob, task.prob = task.prob, None
+    prob_image, task.prob_image = task.prob_image, None
     if not task.remeasure:
         every_output = output_paths(paths["mask"].parent, task.stem, joints=True)  # measure=false keeps old ones too
         for key in ("mask", "joints", *MEASUREMENT_OUTPUTS):
@@ -64,8 +64,8 @@ def write_outputs(task: WriteTask) -> dict:
     if not task.remeasure:
         if joints is not None and joints.any():
             write_image(paths["joints"], joints.astype(np.uint8) * 255)
-        row.update(write_photo_outputs(paths, task.photo, prob, mask, task.threshold, task.drop_joints))
-        prob = None
+        row.update(write_photo_outputs(paths, task.photo, prob_image, mask, task.threshold, task.drop_joints))
+        prob_image = None
     if task.measure:
         measuring = time.perf_counter()
         row.update(write_crack_outputs(paths, task.photo, cracks, settings))
