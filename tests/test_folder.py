@@ -9,9 +9,10 @@ from crackseg.data.folder import data_sources, distractor_mask, find_splits, mat
 from crackseg.io import ImageReadError, write_image
 
 
-def _write(root, sub, stems, mask=True):
+def _write(root, sub, stems, mask=True):  # photos as distinct as their stems: a copy would count once
     for stem in stems:
-        write_image(root / "images" / sub / f"{stem}.jpg", np.zeros((8, 8, 3), np.uint8))
+        photo = np.random.default_rng(list(stem.encode())).integers(0, 256, (8, 8, 3), np.uint8)
+        write_image(root / "images" / sub / f"{stem}.jpg", photo)
         if mask:
             write_image(root / "masks" / sub / f"{stem}.png", np.zeros((8, 8), np.uint8))
 
@@ -82,6 +83,32 @@ def test_sources_complete_their_settings_and_hold_out_test_photos(tmp_path):
         data_sources(OmegaConf.create({"sources": {"c": {"weight": 1}}}))
     with pytest.raises(ValueError, match="takes only"):
         data_sources(OmegaConf.create({"sources": {"c": {"root": "r", "tile": 3}}}))
+
+
+def test_a_photo_twice_in_a_split_counts_once_and_the_carve_stays_as_it_was(tmp_path, caplog):
+    import logging
+    import shutil
+
+    from crackseg.data.folder import split_sources
+
+    _write(tmp_path, "train", [f"p{i}" for i in range(9)])
+    _write(tmp_path, "test", ["t0", "t1"])
+    copies = {"p8": "p3", "t1": "t0"}  # p8 and t1: the same bytes as p3 and t0 (hea12d's CPFD_06 and 05)
+    for copy, original in copies.items():
+        sub = "test" if copy.startswith("t") else "train"
+        shutil.copy(tmp_path / "images" / sub / f"{original}.jpg", tmp_path / "images" / sub / f"{copy}.jpg")
+    data = OmegaConf.create({"root": str(tmp_path), "val_fraction": 0.34, "split_seed": 0})
+    with caplog.at_level(logging.WARNING, logger="crackseg.data.folder"):
+        for k in range(3):  # wherever the carve puts p3 and p8, each split holds p3's photo once
+            train, val = source_splits({**data_sources(data)["data"], "val_fold": (k, 3)})
+            carved = find_splits(tmp_path, seed=0, fold=(k, 3))
+            both_in = [split for split in carved if {"p3", "p8"} <= {p.stem for p, _ in split}]
+            assert [len(split) for split in (train, val)] == [len(split) - (split in both_in) for split in carved]
+            assert all(pair in split for kept, split in zip((train, val), carved) for pair in kept)
+        test = split_sources(data, "test")["data"]
+    assert [p.stem for p, _ in test] == ["t0"]
+    assert f"{tmp_path / 'images' / 'test' / 't1.jpg'} is left out of test: it is a copy of " \
+           f"{tmp_path / 'images' / 'test' / 't0.jpg'} (the same bytes)" in caplog.text
 
 
 def test_a_train_photo_that_copies_a_val_photo_is_left_out_of_training(tiny_dataset, tmp_path, caplog):

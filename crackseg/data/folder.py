@@ -8,6 +8,8 @@ synthetic generator's joints and borders labelled background in ``distractors/<s
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from crackseg.io import IMAGE_SUFFIXES, ImageReadError, read_mask
 from crackseg.options import OptionError
 
 Pair = tuple[Path, Path]
+
+log = logging.getLogger(__name__)
 
 
 def _images(folder: Path) -> list[Path]:
@@ -124,7 +128,8 @@ def source_splits(source: dict) -> tuple[list[Pair], list[Pair]]:
     """``(train, val)`` pairs of one dataset's settings (:func:`data_sources`); photos whose stem
     is also in the ``holdout_split`` folder are left out of both (after the val carve, so a
     carve that took none of them is the same with or without it), then at most ``train_photos``
-    of the train ones are kept (drawn with ``split_seed``)."""
+    of the train ones are kept (drawn with ``split_seed``). A photo twice in a split counts once
+    (after the carve, so folds stay as they were)."""
     train, val = find_splits(source["root"], source["train_split"], source["val_split"], source["val_fraction"],
                              source["split_seed"], source["val_fold"])
     if source["holdout_split"]:
@@ -136,6 +141,7 @@ def source_splits(source: dict) -> tuple[list[Pair], list[Pair]]:
             if not kept:
                 raise OptionError(f"every {name} photo of {root} is also in its {split} split (holdout_split)"
                                   + (": choose another split_seed or val_fold" if name == "val" else ""))
+    train, val = _counted_once(train, source["train_split"]), _counted_once(val, source["val_split"])
     limit = source["train_photos"]
     if limit is not None:
         if limit < 1:
@@ -145,24 +151,37 @@ def source_splits(source: dict) -> tuple[list[Pair], list[Pair]]:
     return train, val
 
 
-def without_copies(train: list[Pair], held_out: Iterable[Pair]) -> tuple[list[Pair], list[tuple[Path, Path]]]:
-    """``train`` less the photos whose bytes equal those of a held-out (val) photo: a copy in
-    training would make its score a training score. Returns the kept pairs and each dropped
-    ``(train photo, held-out photo)``."""
-    held = {_digest(p): p for p, _ in held_out}
-    sizes = {p.stat().st_size for p in held.values()}  # only a photo of the same size is read and hashed
+def without_copies(pairs: list[Pair], others: Iterable[Pair] = ()) -> tuple[list[Pair], list[tuple[Path, Path]]]:
+    """``pairs`` less each photo whose bytes equal those of a photo of ``others`` or of an earlier
+    photo of ``pairs``: a copy would count one photo twice (and a train copy of a val photo makes its
+    score a training score). Returns the kept pairs and each dropped ``(copy, original)``. Only
+    photos of a size seen twice are read and hashed."""
+    others = list(others)
+    sizes = Counter(p.stat().st_size for p, _ in [*others, *pairs])
+
+    def key(photo: Path) -> str | Path:
+        return _digest(photo) if sizes[photo.stat().st_size] > 1 else photo
+
+    originals = {key(p): p for p, _ in reversed(others)}  # the first of several equal others
     kept, dropped = [], []
-    for pair in train:
-        copy_of = held.get(_digest(pair[0])) if pair[0].stat().st_size in sizes else None
-        if copy_of is None:
+    for pair in pairs:
+        if (original := originals.setdefault(key(pair[0]), pair[0])) is pair[0]:
             kept.append(pair)
         else:
-            dropped.append((pair[0], copy_of))
+            dropped.append((pair[0], original))
     return kept, dropped
 
 
 def _digest(path: Path) -> str:
     return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+
+
+def _counted_once(pairs: list[Pair], split: str) -> list[Pair]:
+    """``pairs`` with each photo counted once (a dataset may hold the same photo twice), saying so."""
+    kept, copies = without_copies(pairs)
+    for copy, original in copies:
+        log.warning("%s is left out of %s: it is a copy of %s (the same bytes)", copy, split, original)
+    return kept
 
 
 def split_sources(data, split: str) -> dict[str, list[Pair]]:
@@ -180,7 +199,7 @@ def split_sources(data, split: str) -> dict[str, list[Pair]]:
             train, val = source_splits(source)
             pairs[name] = train if split == source["train_split"] else val
         elif split_dir.is_dir() or len(sources) == 1:
-            pairs[name] = match_pairs(split_dir, root / "masks" / split)
+            pairs[name] = _counted_once(match_pairs(split_dir, root / "masks" / split), split)
     return pairs
 
 
