@@ -6,7 +6,7 @@
 The photo and its true crack mask come from ``crackseg.data.synthetic.render``, rendered in a
 child process so that this process's peak RSS is the measurement's own. Timed here, as
 predict.py runs them: ``write_photo_outputs`` (mask, probability map, contours, overlay; the
-probability map held as predict.py holds it), then ``measure_mask`` (skeletons, graphs, lengths,
+8-bit probability image held as predict.py's writer holds it), then ``measure_mask`` (skeletons, graphs, lengths,
 widths of every crack), then ``write_crack_outputs`` (JSON, GeoJSON, full-size width overlay JPEG,
 thumbnail). ``--speckle F`` adds blobs of a few to tens of pixels over a fraction F of the
 mask, as a barely trained model flags (0.1 at 102 MP: about half a million regions).

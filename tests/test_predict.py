@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -81,7 +82,11 @@ def test_batch_writes_outputs_reports_bad_photos_and_resumes(checkpoint, tiny_da
         contours = json.loads((out / f"{stem}_contours.json").read_text())
         assert contours["threshold"] == 0.3 and len(contours["contours"]) == int(rows[name]["contours"])
         assert int(rows[name]["crack_pixels"]) == int(mask.sum())
-        assert (out / f"{stem}_overlay.jpg").is_file() and (out / f"{stem}_prob.png").is_file()
+        assert (out / f"{stem}_overlay.jpg").is_file()
+        prob_image = cv2.imread(str(out / f"{stem}_prob.png"), cv2.IMREAD_UNCHANGED)  # 0.3 * 255 = 76.5
+        joints = out / f"{stem}_joints.png"  # (this barely trained model's one blob is straight and even)
+        predicted = mask | (read_mask(joints, (168, 200)) if joints.is_file() else False)
+        assert prob_image.dtype == np.uint8 and predicted.any() and np.array_equal(prob_image >= 77, predicted)
     assert not list(out.glob(".*.tmp")) and not list(out.glob("broken*"))
 
     stamp = (out / f"{good[0][:-4]}_mask.png").stat().st_mtime_ns
@@ -426,10 +431,14 @@ def test_a_crack_inside_a_cell_of_map_cracking_has_its_own_contour_and_pixels():
         assert sorted(region_pixels(cracks, found)) == pixels
 
 
-def test_the_probability_image_holds_each_probability_at_the_nearest_of_256_levels():
+def test_the_probability_image_holds_each_probability_at_the_nearest_of_256_levels(tmp_path):
     prob = np.array([[0.0, 0.2, 0.5019, 0.998, 1.0, 1e-3]], np.float32)
     image = probability_image(prob)
     assert image.dtype == np.uint8 and image.tolist() == [[0, 51, 128, 254, 255, 0]]
+    paths = output_paths(tmp_path, "p")
+    with pytest.raises(TypeError, match=r"probability_image\(prob\) \(uint8\), got float32"):
+        write_photo_outputs(paths, np.zeros((1, 6, 3), np.uint8), prob, prob >= 0.5, 0.5)
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_saved_prediction_is_summarised_from_the_head_of_its_contours_file(tmp_path):

@@ -109,7 +109,7 @@ class CrackDataModule(pl.LightningDataModule):
         splits = [source_splits(source) for source in data_sources(hp).values()]
         all_val = [pair for _, val in splits for pair in val]
         for i, (source, (train, val)) in enumerate(zip(data_sources(hp).values(), splits)):
-            train, copies = without_copies(train, all_val)
+            train, copies = without_copies(train, all_val)  # train is distinct already: copies are of val photos
             for copy, held in copies:
                 log.warning("%s is left out of training: it is a copy of the val photo %s", copy, held)
             if copies and not train:

@@ -7,6 +7,7 @@ synthetic generator's joints and borders labelled background in ``distractors/<s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections import Counter
@@ -127,9 +128,9 @@ def data_sources(data) -> dict[str, dict]:
 def source_splits(source: dict) -> tuple[list[Pair], list[Pair]]:
     """``(train, val)`` pairs of one dataset's settings (:func:`data_sources`); photos whose stem
     is also in the ``holdout_split`` folder are left out of both (after the val carve, so a
-    carve that took none of them is the same with or without it), then at most ``train_photos``
-    of the train ones are kept (drawn with ``split_seed``). A photo twice in a split counts once
-    (after the carve, so folds stay as they were)."""
+    carve that took none of them is the same with or without it); then a photo twice in a split
+    counts once (after the carve, so folds stay as they were); then at most ``train_photos`` of
+    the train ones are kept (drawn with ``split_seed``)."""
     train, val = find_splits(source["root"], source["train_split"], source["val_split"], source["val_fraction"],
                              source["split_seed"], source["val_fold"])
     if source["holdout_split"]:
@@ -160,7 +161,8 @@ def without_copies(pairs: list[Pair], others: Iterable[Pair] = ()) -> tuple[list
     sizes = Counter(p.stat().st_size for p, _ in [*others, *pairs])
 
     def key(photo: Path) -> str | Path:
-        return _digest(photo) if sizes[photo.stat().st_size] > 1 else photo
+        status = photo.stat()
+        return _digest(photo, status.st_size, status.st_mtime_ns) if sizes[status.st_size] > 1 else photo
 
     originals = {key(p): p for p, _ in reversed(others)}  # the first of several equal others
     kept, dropped = [], []
@@ -172,22 +174,31 @@ def without_copies(pairs: list[Pair], others: Iterable[Pair] = ()) -> tuple[list
     return kept, dropped
 
 
-def _digest(path: Path) -> str:
+@functools.lru_cache(maxsize=4096)
+def _digest(path: Path, size: int, mtime_ns: int) -> str:
+    """The photo's hash, read once per process while its size and time stay the same."""
     return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
 
 
+_told: set[tuple[Path, Path]] = set()
+
+
 def _counted_once(pairs: list[Pair], split: str) -> list[Pair]:
-    """``pairs`` with each photo counted once (a dataset may hold the same photo twice), saying so."""
+    """``pairs`` with each photo counted once (a dataset may hold the same photo twice), saying so
+    once per process."""
     kept, copies = without_copies(pairs)
     for copy, original in copies:
-        log.warning("%s is left out of %s: it is a copy of %s (the same bytes)", copy, split, original)
+        if (copy, original) not in _told:
+            _told.add((copy, original))
+            log.warning("%s is left out of %s: it is a copy of %s (the same bytes)", copy, split, original)
     return kept
 
 
 def split_sources(data, split: str) -> dict[str, list[Pair]]:
-    """The ``(photo, mask)`` pairs of ``split`` per dataset, exactly as training saw them: the
-    data config's train/val splits (carved out of train when there is no val folder) or any
-    other folder; with several datasets (``data.sources``), each dataset that has the split."""
+    """The ``(photo, mask)`` pairs of ``split`` per dataset, each photo once (:func:`source_splits`):
+    the data config's train/val splits (carved out of train when there is no val folder) or any
+    other folder; with several datasets (``data.sources``), each dataset that has the split.
+    (Training also leaves out train copies of val photos: ``CrackDataModule.setup``.)"""
     if data.get("synthetic"):
         synthetic.ensure(data.root, **data.synthetic)
     sources = data_sources(data)

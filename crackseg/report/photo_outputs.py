@@ -113,6 +113,8 @@ def write_photo_outputs(paths: dict[str, Path], photo: np.ndarray, prob_image: n
     """Write the prediction outputs of one photo (``prob_image``: :func:`probability_image`, needed
     when ``paths`` has "prob"; ``mask``: probabilities >= ``threshold``, less the joints of rule
     ``joints`` when given); returns its summary row fields (without timing)."""
+    if "prob" in paths and (prob_image is None or prob_image.dtype != np.uint8):
+        raise TypeError(f"_prob.png takes probability_image(prob) (uint8), got {getattr(prob_image, 'dtype', None)}")
     contours = find_contours(mask)
     if "prob" in paths:
         write_image(paths["prob"], prob_image)

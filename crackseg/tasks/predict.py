@@ -252,10 +252,10 @@ def _predict_one(job: _PhotoJob, predictor: Predictor, threshold: float) -> None
 def _write(job: _PhotoJob, cfg: DictConfig, threshold: float, settings: dict,
            processes: WriterProcesses | None = None) -> None:
     """The photo's outputs and measurement (:func:`write_outputs`), in ``processes`` when given."""
-    prob_image = probability_image(job.prob) if "prob" in job.paths and job.prob is not None else None
-    job.prob = None  # freed now: the writer gets the 8-bit image, a quarter of the float map
-    task = WriteTask(job.paths, job.source.stem, job.photo, prob_image, job.mask,
-                     job.remeasure, threshold, settings, cfg.measure, dropped_joints(cfg))
+    task = WriteTask(job.paths, job.source.stem, job.photo,
+                     probability_image(job.prob) if "prob" in job.paths and job.prob is not None else None,
+                     job.mask, job.remeasure, threshold, settings, cfg.measure, dropped_joints(cfg))
+    job.prob = None  # freed now: the task holds the 8-bit image, a quarter of the float map, until written
     job.row.update(processes.write_outputs(task) if processes else write_outputs(task))
 
 
