@@ -158,11 +158,12 @@ def without_copies(pairs: list[Pair], others: Iterable[Pair] = ()) -> tuple[list
     score a training score). Returns the kept pairs and each dropped ``(copy, original)``. Only
     photos of a size seen twice are read and hashed."""
     others = list(others)
-    sizes = Counter(p.stat().st_size for p, _ in [*others, *pairs])
+    status = {photo: photo.stat() for photo, _ in [*others, *pairs]}
+    sizes = Counter(s.st_size for s in status.values())
 
     def key(photo: Path) -> str | Path:
-        status = photo.stat()
-        return _digest(photo, status.st_size, status.st_mtime_ns) if sizes[status.st_size] > 1 else photo
+        size, mtime_ns = status[photo].st_size, status[photo].st_mtime_ns
+        return _digest(photo, size, mtime_ns) if sizes[size] > 1 else photo
 
     originals = {key(p): p for p, _ in reversed(others)}  # the first of several equal others
     kept, dropped = [], []

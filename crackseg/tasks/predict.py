@@ -148,8 +148,9 @@ def _predict_photos(photos: list[CampaignPhoto], output_dir: Path, cfg: DictConf
     try:
         if not writers:
             return [finish(compute(load(job))) for job in jobs()]
-        rows, queue, writing, processes = [], jobs(), deque(), WriterProcesses(writers)
+        rows, queue, writing = [], jobs(), deque()
         with ExitStack() as stack:
+            processes = WriterProcesses(writers)
             stack.callback(processes.close)
             reader = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="read"))
             writer = stack.enter_context(ThreadPoolExecutor(writers, thread_name_prefix="write"))
