@@ -43,14 +43,19 @@ def test_the_plateau_schedule_steps_on_validations_that_come_every_other_epoch(t
     assert summary["epochs"] == 4 and "val/dice" in summary["metrics"]
 
 
-def test_validation_scores_are_what_evaluate_reports_for_the_same_checkpoint(tmp_path, tiny_dataset):
+@pytest.mark.parametrize("callbacks", ["default", "ema"])
+def test_validation_scores_are_what_evaluate_reports_for_the_same_checkpoint(tmp_path, tiny_dataset, callbacks):
     from hydra import compose, initialize_config_dir
 
     from crackseg.tasks.evaluate import evaluate
 
     train(_train_cfg(tmp_path, "data=folder", f"data.root={tiny_dataset}", "data.tile=64", "data.tiles_per_epoch=8",
-                     "data.batch_size=4", "trainer.max_epochs=1", "model.threshold=0.3"))
+                     "data.batch_size=4", "trainer.max_epochs=1", "model.threshold=0.3", f"callbacks={callbacks}"))
     summary = json.loads((tmp_path / "summary.json").read_text())
+    if callbacks == "ema":  # the checkpoint's weights are the average, the raw ones are kept beside them to resume
+        saved = torch.load(summary["best_ckpt"], map_location="cpu", weights_only=False)
+        assert any(not torch.equal(value, saved["current_model_state"][name])
+                   for name, value in saved["state_dict"].items() if name.endswith(".weight"))
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("evaluate", overrides=[f"ckpt={summary['best_ckpt']}", "data=folder", f"data.root={tiny_dataset}",
                                              f"output={tmp_path / 'eval'}", "scales=[1]", "backend=torch",
