@@ -36,7 +36,7 @@ SPLITS = ["cracksight:train", "cracksight:val", "deepcrack:train", "deepcrack:te
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rules", nargs="+", default=["100,0.99,0.3,0", "100,0.99,0.3,30", "100,0.985,0.3,30"],
-                        help="MIN_LENGTH_PX,MIN_STRAIGHTNESS,MAX_WIDTH_VARIATION[,MIN_BRANCH_PX] ...")
+                        help="MIN_LENGTH_PX,MIN_STRAIGHTNESS,MAX_WIDTH_VARIATION[,MIN_BRANCH_PX[,MIN_ELONGATION]] ...")
     parser.add_argument("--data", nargs="+", default=SPLITS, help="NAME:SPLIT ...")
     args = parser.parse_args(argv)
     rules = {text: JointRule(*map(float, text.split(","))) for text in args.rules}

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--photos", type=int, default=40, help="at most this many photos per split (seeded draw)")
     parser.add_argument("--scales", type=float, nargs="+", default=[1, 2, 0.5])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--joint-rule", type=float, nargs="+", metavar="MIN_LENGTH_PX MIN_STRAIGHTNESS MAX_WIDTH_VARIATION [MIN_BRANCH_PX]",
+    parser.add_argument("--joint-rule", type=float, nargs="+", metavar="MIN_LENGTH_PX MIN_STRAIGHTNESS MAX_WIDTH_VARIATION [MIN_BRANCH_PX [MIN_ELONGATION]]",
                         help="default: predict.py's")
     args = parser.parse_args(argv)
     rule = JointRule(*args.joint_rule) if args.joint_rule else JointRule()

@@ -214,8 +214,9 @@ def test_a_long_straight_band_of_constant_width_is_a_joint(angle):
     assert measure_mask(_band(8, angle, length=300))[0].type != JOINT  # no rule: never a joint
 
 
-@pytest.mark.parametrize("mask", [_wavy(), _tapered(), _band(8, 0, length=80)], ids=["wanders", "tapers", "short"])
-def test_cracks_that_wander_taper_or_are_short_are_not_joints(mask):
+@pytest.mark.parametrize("mask", [_wavy(), _tapered(), _band(8, 0, length=80), _band(35, 0, length=228)],
+                         ids=["wanders", "tapers", "short", "wide"])  # wide: a 35 px gap (deepcrack test 11301-5)
+def test_cracks_that_wander_taper_are_short_or_wide_are_not_joints(mask):
     (crack,) = measure_mask(mask, joint_rule=JointRule())
     assert crack.type != JOINT
 
@@ -267,3 +268,5 @@ def test_joints_are_counted_apart_from_the_cracks_in_the_totals():
 def test_a_joint_rule_out_of_range_is_refused():
     with pytest.raises(ValueError, match="min_straightness in \\[0, 1\\]"):
         JointRule(min_straightness=1.2)
+    with pytest.raises(ValueError, match="min_elongation >= 0"):
+        JointRule(min_elongation=-1)

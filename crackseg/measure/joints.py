@@ -2,7 +2,8 @@
 
 Joints between blocks and slab borders are the method's named failure. Seen as instances of the
 mask they are long, straight and of constant width, where cracks wander and vary: an instance is
-a joint when it is at least ``min_length_px`` long, every branch of its centre line at least
+a joint when it is at least ``min_length_px`` long and ``min_elongation`` times its mean width (a
+wide gap or spall a few widths long is not a joint), every branch of its centre line at least
 ``min_branch_px`` long is straight (end-to-end distance over length at least ``min_straightness``;
 shorter ones are the bends where joints meet in a grid) and its width varies little
 (coefficient of variation of the width profile at most ``max_width_variation``). A crack crossing a
@@ -27,12 +28,13 @@ class JointRule:
     min_straightness: float = 0.99
     max_width_variation: float = 0.3
     min_branch_px: float = 30.0
+    min_elongation: float = 10.0
 
     def __post_init__(self):
         if not (self.min_length_px >= 0 and 0 <= self.min_straightness <= 1 and self.max_width_variation >= 0
-                and self.min_branch_px >= 0):
+                and self.min_branch_px >= 0 and self.min_elongation >= 0):
             raise ValueError(f"a joint rule needs min_length_px >= 0, min_straightness in [0, 1], "
-                             f"max_width_variation >= 0 and min_branch_px >= 0, got {self}")
+                             f"max_width_variation >= 0, min_branch_px >= 0 and min_elongation >= 0, got {self}")
 
 
 def straightness(skeleton: list[np.ndarray], closed: list[bool], min_branch_px: float = 0.0) -> float:
@@ -53,7 +55,8 @@ def width_variation(widths: np.ndarray) -> float:
 
 
 def is_joint(length: float, skeleton: list[np.ndarray], closed: list[bool], widths: np.ndarray, rule: JointRule) -> bool:
-    return (length >= rule.min_length_px and width_variation(widths) <= rule.max_width_variation
+    return (length >= rule.min_length_px and (not len(widths) or length >= rule.min_elongation * float(widths.mean()))
+            and width_variation(widths) <= rule.max_width_variation
             and straightness(skeleton, closed, rule.min_branch_px) >= rule.min_straightness)
 
 
