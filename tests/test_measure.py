@@ -221,6 +221,12 @@ def test_cracks_that_wander_taper_are_short_or_wide_are_not_joints(mask):
     assert crack.type != JOINT
 
 
+def test_a_wide_straight_gap_is_no_joint_by_its_elongation_alone():
+    wide = _band(35, 0, length=228)
+    assert measure_mask(wide, joint_rule=JointRule(min_elongation=0))[0].type == JOINT
+    assert measure_mask(wide, joint_rule=JointRule())[0].type != JOINT
+
+
 def test_a_crack_crossing_a_joint_makes_one_instance_that_stays_a_crack():
     mask = _wavy(size=400) | _band(8, 90, length=390, size=400)
     (crack,) = measure_mask(mask, joint_rule=JointRule())

@@ -38,7 +38,7 @@ def _cfg(name, tmp_path, *overrides):
     ("joint_rule.min_straightness=1.5", "joint_rule.min_straightness=1.5: must be a number in [0, 1]"),
     ("joint_rule.min_length_px=-1", "joint_rule.min_length_px=-1: must be a number >= 0"),
     ("joint_rule.min_branch_px=-5", "joint_rule.min_branch_px=-5: must be a number >= 0"),
-    ("+joint_rule.min_width_px=3", "must be null or a mapping of some of min_length_px, min_straightness, max_width_variation, min_branch_px"),
+    ("+joint_rule.min_width_px=3", "must be null or a mapping of some of min_length_px, min_straightness, max_width_variation, min_branch_px, min_elongation"),
 ])
 def test_bad_prediction_options_name_the_option_and_what_is_allowed(tmp_path, override, message):
     for name in ("predict", "evaluate"):

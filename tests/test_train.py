@@ -50,7 +50,8 @@ def test_validation_scores_are_what_evaluate_reports_for_the_same_checkpoint(tmp
     from crackseg.tasks.evaluate import evaluate
 
     train(_train_cfg(tmp_path, "data=folder", f"data.root={tiny_dataset}", "data.tile=64", "data.tiles_per_epoch=8",
-                     "data.batch_size=4", "trainer.max_epochs=1", "model.threshold=0.3", f"callbacks={callbacks}"))
+                     "data.batch_size=4", "trainer.max_epochs=1", "model.threshold=0.3", f"callbacks={callbacks}",
+                     *(["callbacks.ema.decay=0.5"] if callbacks == "ema" else [])))
     summary = json.loads((tmp_path / "summary.json").read_text())
     if callbacks == "ema":  # the checkpoint's weights are the average, the raw ones are kept beside them to resume
         saved = torch.load(summary["best_ckpt"], map_location="cpu", weights_only=False)

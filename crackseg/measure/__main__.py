@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mm-per-px", type=_positive, help="lengths and widths in mm instead of px")
     parser.add_argument("--min-length-px", type=float, default=0.0, help="leave out shorter cracks")
     parser.add_argument("--geometry", action="store_true", help="add skeleton and outline polygons")
-    parser.add_argument("--joints", action="store_true", help="type long, straight, even instances 'joint' (predict.py's default joint_rule)")
+    parser.add_argument("--joints", action="store_true", help="type long, thin, straight, even instances 'joint' (predict.py's default joint_rule)")
     args = parser.parse_args(argv)
     try:
         cracks = measure_mask(read_mask(args.mask), args.min_length_px, JointRule() if args.joints else None)

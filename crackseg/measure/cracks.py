@@ -16,7 +16,7 @@ one crack. Each is measured on its own bounding-box crop:
   are left out of the profile (a junction is wider than the cracks that meet there);
 - orientation: principal axis of the crack's pixels, degrees counter-clockwise from the image's
   horizontal as seen (0: horizontal, 90: vertical, 45: rising to the right), in [0, 180);
-- type, in this order: ``joint`` when a ``JointRule`` is given and the instance is long, straight
+- type, in this order: ``joint`` when a ``JointRule`` is given and the instance is long, thin, straight
   and of constant width (see joints.py); ``map`` when the crack encloses ``MAP_CELLS`` or more cells (a network);
   ``branched`` when its skeleton has a junction; otherwise by orientation: ``horizontal`` or
   ``vertical`` within ``AXIS_TOLERANCE_DEG`` of the axis, ``diagonal`` in between.
