@@ -153,12 +153,19 @@ def check_training_options(cfg: DictConfig) -> None:
         _fail("data.scale_range", scale_range, "must be [lo, hi] with 0 < lo <= hi, e.g. [0.5, 2], or null")
     _number("model.threshold", cfg.model.get("threshold", 0.5), 0, 1)
     _number("model.val_overlap", cfg.model.get("val_overlap", 0.25), 0, 1, open_high=True)
-    if cfg.get("ckpt_path") not in (None, "last"):
-        _check_resumable(cfg.ckpt_path)
+    averaging = any(isinstance(c, DictConfig) and str(c.get("_target_", "")).endswith("WeightAveraging")
+                    for c in (cfg.get("callbacks") or {}).values())
+    if cfg.get("ckpt_path") == "last":
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            _check_resumable(last, averaging, "ckpt_path=last")
+    elif cfg.get("ckpt_path") is not None:
+        _check_resumable(cfg.ckpt_path, averaging)
 
 
-def _check_resumable(path) -> None:
-    """``ckpt_path`` resumes a training: a training checkpoint, not a slim one (those fine-tune)."""
+def _check_resumable(path, averaging: bool, name: str = "ckpt_path") -> None:
+    """``ckpt_path`` resumes a training: a training checkpoint, not a slim one (those fine-tune); one
+    written with averaged weights (``callbacks=ema``) only with a weight-averaging callback again."""
     if not Path(str(path)).is_file():
         _fail("ckpt_path", path, "must be a training checkpoint file to resume from (or last)")
     try:
@@ -166,5 +173,8 @@ def _check_resumable(path) -> None:
     except Exception as err:  # noqa: BLE001 - whatever the reason, it cannot be resumed from
         _fail("ckpt_path", path, f"is not a readable training checkpoint ({type(err).__name__})")
     if not isinstance(checkpoint, dict) or "optimizer_states" not in checkpoint:
-        _fail("ckpt_path", path, "holds no training state (a shipped or exported model?): resume needs a "
+        _fail(name, path, "holds no training state (a shipped or exported model?): resume needs a "
               "training checkpoint; to start from this model's weights use init_from= instead")
+    if "current_model_state" in checkpoint and not averaging:
+        _fail(name, path, "was written with averaged weights (callbacks=ema): resume with callbacks=ema too, or the "
+              "run would go on from the average with the raw weights' optimiser state")

@@ -106,3 +106,16 @@ def test_cli_prints_the_option_error_without_a_traceback(tmp_path):
                             timeout=120, cwd=ROOT)
     assert result.returncode == 1 and "error: threshold=2: must be a number in [0, 1]" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_averaged_run_resumes_only_with_its_averaging_callback(tmp_path, tiny_dataset):
+    from crackseg.tasks.train import train
+    from tests.conftest import train_cfg
+
+    common = ["data=folder", f"data.root={tiny_dataset}", "data.tile=64", "data.tiles_per_epoch=8", "data.batch_size=4"]
+    train(train_cfg(tmp_path, *common, "trainer.max_epochs=1", "callbacks=ema"))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    for resume in (f"ckpt_path={last}", "ckpt_path=last"):
+        with pytest.raises(OptionError, match="averaged weights \\(callbacks=ema\\): resume with callbacks=ema too"):
+            check_training_options(train_cfg(tmp_path, *common, resume))
+        check_training_options(train_cfg(tmp_path, *common, resume, "callbacks=ema"))
