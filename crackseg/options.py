@@ -153,8 +153,11 @@ def check_training_options(cfg: DictConfig) -> None:
         _fail("data.scale_range", scale_range, "must be [lo, hi] with 0 < lo <= hi, e.g. [0.5, 2], or null")
     _number("model.threshold", cfg.model.get("threshold", 0.5), 0, 1)
     _number("model.val_overlap", cfg.model.get("val_overlap", 0.25), 0, 1, open_high=True)
-    averaging = any(isinstance(c, DictConfig) and str(c.get("_target_", "")).endswith("WeightAveraging")
-                    for c in (cfg.get("callbacks") or {}).values())
+    from hydra.utils import get_class  # here: prediction checks its options without Lightning
+    from pytorch_lightning.callbacks import WeightAveraging
+
+    averaging = any(issubclass(get_class(c._target_), WeightAveraging)
+                    for c in (cfg.get("callbacks") or {}).values() if isinstance(c, DictConfig) and "_target_" in c)
     if cfg.get("ckpt_path") == "last":
         last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         if last.is_file():

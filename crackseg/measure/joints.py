@@ -55,7 +55,7 @@ def width_variation(widths: np.ndarray) -> float:
 
 
 def is_joint(length: float, skeleton: list[np.ndarray], closed: list[bool], widths: np.ndarray, rule: JointRule) -> bool:
-    return (length >= rule.min_length_px and (not len(widths) or length >= rule.min_elongation * float(widths.mean()))
+    return (length >= rule.min_length_px and length >= rule.min_elongation * float(widths.mean())
             and width_variation(widths) <= rule.max_width_variation
             and straightness(skeleton, closed, rule.min_branch_px) >= rule.min_straightness)
 
