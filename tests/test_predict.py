@@ -287,7 +287,7 @@ def test_a_writer_process_that_dies_fails_its_photo_and_fresh_writers_take_the_n
         prob[30:33, 5:55] = 0.9
         return WriteTask(output_paths(tmp_path, stem, True, True, joints=True), stem, photo,
                          probability_image(prob), prob >= 0.5,
-                         remeasure=False, threshold=0.5, measure=True, drop_joints=None,
+                         write_mask=True, threshold=0.5, measure=True, drop_joints=None,
                          settings={"mm_per_px": None, "min_crack_length_px": 10.0, "joint_rule": None})
 
     def busy_seconds(process):  # user + system CPU time of a process
@@ -561,7 +561,14 @@ def test_joints_leave_the_mask_into_their_own_file_and_stay_in_the_measurements(
     cfg.mm_per_px = 0.5  # measured again from the saved mask and joints: the joint is still reported
     assert predict(cfg) == 0
     assert outputs()[1] == types and outputs()[2]["detail"] == "measured the saved mask"
-    cfg.keep_joints = True  # the mask was made without the joints: predicted again, with them
+    before = {p.name: p.read_bytes() for p in out.glob("wall*")}
+    cfg.keep_joints = True  # the mask was made without the joints: they go back in, not predicted again
+    prob_stamp = (out / "wall_prob.png").stat().st_mtime_ns
     assert predict(cfg) == 0
     mask, kept_types, row = outputs()
     assert np.array_equal(mask & joint, joint) and not (out / "wall_joints.png").exists() and kept_types == types
+    assert (row["status"], row["detail"], row["tiles"]) == ("ok", "split the saved mask's joints again", "")
+    assert (out / "wall_prob.png").stat().st_mtime_ns == prob_stamp
+    cfg.keep_joints = False  # and out again: every file as it was
+    assert predict(cfg) == 0
+    assert {p.name: p.read_bytes() for p in out.glob("wall*")} == before

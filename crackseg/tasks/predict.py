@@ -55,7 +55,8 @@ def predict(cfg: DictConfig) -> int:
 
     A photo whose outputs all exist is skipped; one whose prediction exists but whose measurement
     is missing or was made with other measurement settings is measured again from its saved mask;
-    one whose mask was made at another threshold or left out other joints is predicted again.
+    one whose mask left out other joints has them split again from its saved mask and joints; one
+    whose mask was made at another threshold is predicted again.
     Each photo is claimed with a lock file while it is worked on, so runs started on the same
     output share the photos instead of each doing them all. The campaign's summary.csv (and
     cracks.csv, report.html) cover the photos of every shard that has finished.
@@ -98,6 +99,7 @@ class _PhotoJob:
     claim: ExitStack = field(default_factory=ExitStack)
     done: bool = False
     remeasure: bool = False  # its prediction exists: measure the saved mask
+    resplit: bool = False  # ...and split its joints again: they were told by another rule (or kept)
     saved: dict | None = None  # the head of its saved _contours.json (size, threshold, count, joints), once read
     photo: np.ndarray | None = None
     prob: np.ndarray | None = None
@@ -189,8 +191,9 @@ def _start(source: CampaignPhoto, output_dir: Path, cfg: DictConfig, settings: d
 
 def _plan(job: _PhotoJob, cfg: DictConfig, settings: dict, threshold: float) -> None:
     """Skip a photo whose outputs all exist at this threshold; re-measure one whose measurement is
-    missing or stale; predict again one whose mask was made at another threshold or with other joints
-    left out."""
+    missing or stale; split again one whose mask left out other joints (its saved mask and joints
+    are the thresholded prediction: no need to predict it again); predict again one whose mask was
+    made at another threshold."""
     paths = job.paths
     job.remeasure = not cfg.overwrite and all(p.is_file() for k, p in paths.items()
                                                if k not in (*MEASUREMENT_OUTPUTS, "joints"))  # joints: when any
@@ -201,11 +204,11 @@ def _plan(job: _PhotoJob, cfg: DictConfig, settings: dict, threshold: float) -> 
                      job.source.path, job.saved["threshold"], threshold)
             job.remeasure = False
         elif job.saved["joints"] != dropped_joints(cfg):
-            log.info("%s: predicted again (its saved mask left out the joints of rule %s, this run's: %s)",
+            log.info("%s: joints split again from its saved mask (which left out the joints of rule %s; this run's: %s)",
                      job.source.path, job.saved["joints"], dropped_joints(cfg))
-            job.remeasure = False
-    document = _measured(paths, settings) if job.remeasure and cfg.measure else None
-    if job.remeasure and (document or not cfg.measure):
+            job.resplit = True
+    document = _measured(paths, settings) if job.remeasure and not job.resplit and cfg.measure else None
+    if job.remeasure and not job.resplit and (document or not cfg.measure):
         job.row |= {**saved_prediction_fields(paths, head=job.saved), **(summary_fields(document) if document else {}),
                     "status": "skipped", "detail": "outputs exist"}
         job.done = True
@@ -234,9 +237,11 @@ def _read(job: _PhotoJob, max_megapixels: float) -> None:
     job.photo = read_photo(job.source.path, max_megapixels)
     if job.remeasure:
         job.mask = read_mask(job.paths["mask"], job.photo.shape[:2])
-        job.row |= {**saved_prediction_fields(job.paths, job.mask, job.saved), "detail": "measured the saved mask"}
-        if "joints" in job.paths and job.paths["joints"].is_file():  # the joints left out of it, measured again with it
-            job.mask |= read_mask(job.paths["joints"], job.photo.shape[:2])
+        detail = "split the saved mask's joints again" if job.resplit else "measured the saved mask"
+        job.row |= {**saved_prediction_fields(job.paths, job.mask, job.saved), "detail": detail}
+        joints = job.paths["mask"].parent / f"{job.source.stem}_joints.png"  # any joints left out of it, measured with it
+        if job.saved["joints"] is not None and joints.is_file():
+            job.mask |= read_mask(joints, job.photo.shape[:2])
 
 
 def _predict_one(job: _PhotoJob, predictor: Predictor, threshold: float) -> None:
@@ -253,9 +258,10 @@ def _predict_one(job: _PhotoJob, predictor: Predictor, threshold: float) -> None
 def _write(job: _PhotoJob, cfg: DictConfig, threshold: float, settings: dict,
            processes: WriterProcesses | None = None) -> None:
     """The photo's outputs and measurement (:func:`write_outputs`), in ``processes`` when given."""
-    task = WriteTask(job.paths, job.source.stem, job.photo,
-                     probability_image(job.prob) if "prob" in job.paths and job.prob is not None else None,
-                     job.mask, job.remeasure, threshold, settings, cfg.measure, dropped_joints(cfg))
+    paths = {k: p for k, p in job.paths.items() if k != "prob"} if job.resplit else job.paths  # its _prob.png stays
+    task = WriteTask(paths, job.source.stem, job.photo,
+                     probability_image(job.prob) if "prob" in paths and job.prob is not None else None,
+                     job.mask, not job.remeasure or job.resplit, threshold, settings, cfg.measure, dropped_joints(cfg))
     job.prob = None  # freed now: the task holds the 8-bit image, a quarter of the float map, until written
     job.row.update(processes.write_outputs(task) if processes else write_outputs(task))
 

@@ -27,15 +27,17 @@ from crackseg.report.photo_outputs import MEASUREMENT_OUTPUTS, output_paths, wri
 @dataclass
 class WriteTask:
     """What the write stage needs of one photo: its output ``paths`` (``output_paths``), the photo,
-    ``prob_image`` (``probability_image``; None unless ``_prob.png`` is written) and mask;
-    ``drop_joints``: the rule whose joints leave the mask, or None."""
+    ``prob_image`` (``probability_image``; None unless ``_prob.png`` is written) and mask (with its
+    joints); ``write_mask``: the mask's files are written (a new prediction, or a saved mask whose
+    joints are split again), else only its measurement; ``drop_joints``: the rule whose joints
+    leave the mask, or None."""
 
     paths: dict[str, Path]
     stem: str
     photo: np.ndarray
     prob_image: np.ndarray | None
     mask: np.ndarray
-    remeasure: bool
+    write_mask: bool
     threshold: float
     settings: dict
     measure: bool
@@ -43,14 +45,14 @@ class WriteTask:
 
 
 def write_outputs(task: WriteTask) -> dict:
-    """The prediction's outputs (unless re-measuring a saved mask), then the measurement's; the
-    instances the joint rule takes for joints leave the mask unless ``task.drop_joints`` is None.
-    A photo predicted again first loses its old mask (the mark of a finished prediction) and
-    measurement, so a run stopped midway leaves it to be done again, never the old measurement
-    beside a new mask. Returns the photo's summary fields. Takes ``task.prob_image`` (freed once written)."""
+    """The mask's outputs (``task.write_mask``), then the measurement's; the instances the joint
+    rule takes for joints leave the mask unless ``task.drop_joints`` is None. A mask written again
+    first loses its old file (the mark of a finished prediction), joints and measurement, so a run
+    stopped midway leaves the photo to be predicted again, never an old measurement beside a new
+    mask. Returns the photo's summary fields. Takes ``task.prob_image`` (freed once written)."""
     paths, mask, settings, row = task.paths, task.mask, task.settings, {}
     prob_image, task.prob_image = task.prob_image, None
-    if not task.remeasure:
+    if task.write_mask:
         every_output = output_paths(paths["mask"].parent, task.stem, joints=True)  # measure=false keeps old ones too
         for key in ("mask", "joints", *MEASUREMENT_OUTPUTS):
             every_output[key].unlink(missing_ok=True)
@@ -61,7 +63,7 @@ def write_outputs(task: WriteTask) -> dict:
     joints = split_joints(mask, cracks) if task.drop_joints is not None else None
     if cracks is not None:
         cracks = _at_least(cracks, settings["min_crack_length_px"])
-    if not task.remeasure:
+    if task.write_mask:
         if joints is not None and joints.any():
             write_image(paths["joints"], joints.astype(np.uint8) * 255)
         row.update(write_photo_outputs(paths, task.photo, prob_image, mask, task.threshold, task.drop_joints))
