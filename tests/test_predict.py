@@ -533,7 +533,7 @@ def test_batch_without_measurement_and_bad_mm_per_px(checkpoint, tiny_dataset, t
         predict(cfg)
 
 
-def test_joints_leave_the_mask_into_their_own_file_and_stay_in_the_measurements(red_checkpoint, tmp_path):
+def test_joints_leave_the_mask_into_their_own_file_and_stay_in_the_measurements(red_checkpoint, tmp_path, monkeypatch):
     import cv2
 
     photo = np.full((120, 300, 3), 90, np.uint8)
@@ -562,13 +562,22 @@ def test_joints_leave_the_mask_into_their_own_file_and_stay_in_the_measurements(
     assert predict(cfg) == 0
     assert outputs()[1] == types and outputs()[2]["detail"] == "measured the saved mask"
     before = {p.name: p.read_bytes() for p in out.glob("wall*")}
-    cfg.keep_joints = True  # the mask was made without the joints: they go back in, not predicted again
-    prob_stamp = (out / "wall_prob.png").stat().st_mtime_ns
+
+    def model_called(*args, **kwargs):
+        raise AssertionError("the model was run again")
+
+    monkeypatch.setattr(Predictor, "__call__", model_called)  # from here on the saved masks are split again
+    split_again = ("ok", "split the saved mask's joints again", "")
+    cfg.keep_joints = True  # the mask was made without the joints: they go back in
     assert predict(cfg) == 0
     mask, kept_types, row = outputs()
     assert np.array_equal(mask & joint, joint) and not (out / "wall_joints.png").exists() and kept_types == types
-    assert (row["status"], row["detail"], row["tiles"]) == ("ok", "split the saved mask's joints again", "")
-    assert (out / "wall_prob.png").stat().st_mtime_ns == prob_stamp
+    assert (row["status"], row["detail"], row["tiles"]) == split_again and int(row["crack_pixels"]) == mask.sum()
     cfg.keep_joints = False  # and out again: every file as it was
     assert predict(cfg) == 0
     assert {p.name: p.read_bytes() for p in out.glob("wall*")} == before
+    cfg.joint_rule.min_length_px = 400  # another rule: the 260 px joint is no longer one
+    assert predict(cfg) == 0
+    mask, types, row = outputs()
+    assert np.array_equal(mask & joint, joint) and not (out / "wall_joints.png").exists() and "joint" not in types
+    assert (row["status"], row["detail"], row["tiles"], row["joints"]) == (*split_again, "0")

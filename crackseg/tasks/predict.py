@@ -237,8 +237,10 @@ def _read(job: _PhotoJob, max_megapixels: float) -> None:
     job.photo = read_photo(job.source.path, max_megapixels)
     if job.remeasure:
         job.mask = read_mask(job.paths["mask"], job.photo.shape[:2])
-        detail = "split the saved mask's joints again" if job.resplit else "measured the saved mask"
-        job.row |= {**saved_prediction_fields(job.paths, job.mask, job.saved), "detail": detail}
+        if job.resplit:  # its fields come from the mask written again
+            job.row["detail"] = "split the saved mask's joints again"
+        else:
+            job.row |= {**saved_prediction_fields(job.paths, job.mask, job.saved), "detail": "measured the saved mask"}
         joints = job.paths["mask"].parent / f"{job.source.stem}_joints.png"  # any joints left out of it, measured with it
         if job.saved["joints"] is not None and joints.is_file():
             job.mask |= read_mask(joints, job.photo.shape[:2])
