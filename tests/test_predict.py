@@ -533,6 +533,21 @@ def test_batch_without_measurement_and_bad_mm_per_px(checkpoint, tiny_dataset, t
         predict(cfg)
 
 
+def test_a_photo_replaced_by_one_of_another_size_is_predicted_again_not_failed(red_checkpoint, tmp_path):
+    photo = np.full((64, 96, 3), 90, np.uint8)
+    photo[30:34, 10:90, 0] = 255
+    write_image(tmp_path / "in" / "wall.png", photo)
+    out = tmp_path / "out"
+    cfg = _predict_cfg(ckpt=str(red_checkpoint), input=str(tmp_path / "in"), output=str(out), tile=32, scales=[1])
+    assert predict(cfg) == 0
+    write_image(tmp_path / "in" / "wall.png", np.ascontiguousarray(photo.transpose(1, 0, 2)))  # the same, turned
+    cfg.mm_per_px = 0.5  # would measure the saved mask again, which no longer fits the photo
+    assert predict(cfg) == 0
+    row = next(csv.DictReader((out / "summary.csv").open()))
+    assert (row["status"], row["detail"], row["width"], row["height"]) == ("ok", "", "64", "96")
+    assert read_mask(out / "wall_mask.png").shape == (96, 64)
+
+
 def test_joints_leave_the_mask_into_their_own_file_and_stay_in_the_measurements(red_checkpoint, tmp_path, monkeypatch):
     import cv2
 

@@ -56,7 +56,7 @@ def predict(cfg: DictConfig) -> int:
     A photo whose outputs all exist is skipped; one whose prediction exists but whose measurement
     is missing or was made with other measurement settings is measured again from its saved mask;
     one whose mask left out other joints has them split again from its saved mask and joints; one
-    whose mask was made at another threshold is predicted again.
+    whose mask was made at another threshold, or no longer fits the photo's size, is predicted again.
     Each photo is claimed with a lock file while it is worked on, so runs started on the same
     output share the photos instead of each doing them all. The campaign's summary.csv (and
     cracks.csv, report.html) cover the photos of every shard that has finished.
@@ -235,6 +235,11 @@ def _stage(job: _PhotoJob, stage) -> _PhotoJob:
 
 def _read(job: _PhotoJob, max_megapixels: float) -> None:
     job.photo = read_photo(job.source.path, max_megapixels)
+    height, width = job.photo.shape[:2]
+    if job.remeasure and (job.saved["height"], job.saved["width"]) != (height, width):
+        log.info("%s: predicted again (its saved mask is %dx%d, the photo now %dx%d: replaced)", job.source.path,
+                 job.saved["width"], job.saved["height"], width, height)
+        job.remeasure = job.resplit = False
     if job.remeasure:
         job.mask = read_mask(job.paths["mask"], job.photo.shape[:2])
         if job.resplit:  # its fields come from the mask written again
