@@ -187,6 +187,22 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()[:24]
 
 
+def file_fingerprint(path: str | Path) -> dict:
+    """A file's size, modification time and digest: what tells a changed file from the one
+    something was made of (:func:`same_file`)."""
+    stat = Path(path).stat()
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_digest(path)}
+
+
+def same_file(path: str | Path, fingerprint: dict) -> bool:
+    """Whether ``path`` holds the bytes ``fingerprint`` was taken of: the same size and time, or
+    the same digest (read only when the time differs: a copy of the file, say)."""
+    stat = Path(path).stat()
+    if stat.st_size != fingerprint["bytes"]:
+        return False
+    return stat.st_mtime_ns == fingerprint["mtime_ns"] or file_digest(path) == fingerprint["sha256"]
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
     atomic_write(path, lambda f: f.write(data))

@@ -533,19 +533,38 @@ def test_batch_without_measurement_and_bad_mm_per_px(checkpoint, tiny_dataset, t
         predict(cfg)
 
 
-def test_a_photo_replaced_by_one_of_another_size_is_predicted_again_not_failed(red_checkpoint, tmp_path):
-    photo = np.full((64, 96, 3), 90, np.uint8)
-    photo[30:34, 10:90, 0] = 255
-    write_image(tmp_path / "in" / "wall.png", photo)
-    out = tmp_path / "out"
+def test_a_changed_photo_is_predicted_again_and_a_touched_one_skipped(red_checkpoint, tmp_path):
+    import os
+
+    def wall(row):
+        photo = np.full((64, 96, 3), 90, np.uint8)
+        photo[row:row + 4, 10:90, 0] = 255
+        return photo
+
+    source, out = tmp_path / "in" / "wall.png", tmp_path / "out"
+    write_image(source, wall(30))
     cfg = _predict_cfg(ckpt=str(red_checkpoint), input=str(tmp_path / "in"), output=str(out), tile=32, scales=[1])
-    assert predict(cfg) == 0
-    write_image(tmp_path / "in" / "wall.png", np.ascontiguousarray(photo.transpose(1, 0, 2)))  # the same, turned
+
+    def run():
+        assert predict(cfg) == 0
+        row = next(csv.DictReader((out / "summary.csv").open()))
+        return row["status"], row["detail"], read_mask(out / "wall_mask.png")
+
+    assert run()[2][30:34, 10:90].all()
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))  # the same bytes, copied
+    assert run()[:2] == ("skipped", "outputs exist")
+    write_image(source, wall(40))  # another photo under the same name
+    status, detail, mask = run()
+    assert (status, detail) == ("ok", "") and mask[40:44, 10:90].all() and not mask[30:34].any()
+
+    contours = out / "wall_contours.json"  # outputs written before photos were fingerprinted: their size is checked
+    document = json.loads(contours.read_text())
+    del document["source"]
+    contours.write_text(json.dumps(document))
+    write_image(source, np.ascontiguousarray(wall(40).transpose(1, 0, 2)))  # the photo turned
     cfg.mm_per_px = 0.5  # would measure the saved mask again, which no longer fits the photo
-    assert predict(cfg) == 0
-    row = next(csv.DictReader((out / "summary.csv").open()))
-    assert (row["status"], row["detail"], row["width"], row["height"]) == ("ok", "", "64", "96")
-    assert read_mask(out / "wall_mask.png").shape == (96, 64)
+    status, detail, mask = run()
+    assert (status, detail, mask.shape) == ("ok", "", (96, 64))
 
 
 def test_joints_leave_the_mask_into_their_own_file_and_stay_in_the_measurements(red_checkpoint, tmp_path, monkeypatch):

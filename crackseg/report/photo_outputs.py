@@ -85,12 +85,13 @@ def contour_record(contour: np.ndarray, pixels: int) -> dict:
 
 
 def write_contours(path: Path, mask: np.ndarray, contours: list[np.ndarray], threshold: float,
-                   joints: dict | None = None) -> None:
+                   joints: dict | None = None, source: dict | None = None) -> None:
     """``_contours.json``, streamed: a mask of half a million specks never holds its polygons as
     Python lists (2.8 KB per contour, measured) nor the whole text in memory. ``joints``: the rule
-    whose joints were left out of the mask (None: none were)."""
+    whose joints were left out of the mask (None: none were); ``source``: the photo's
+    ``file_fingerprint``."""
     head = {"width": int(mask.shape[1]), "height": int(mask.shape[0]), "threshold": threshold, "count": len(contours),
-            "joints": joints}
+            "joints": joints, "source": source}
     records = (contour_record(c, n) for c, n in zip(contours, region_pixels(mask, contours)))
     write_json_streamed(path, head, "contours", records)
 
@@ -109,17 +110,18 @@ def probability_image(prob: np.ndarray) -> np.ndarray:
 
 
 def write_photo_outputs(paths: dict[str, Path], photo: np.ndarray, prob_image: np.ndarray | None, mask: np.ndarray,
-                        threshold: float, joints: dict | None = None) -> dict:
+                        threshold: float, joints: dict | None = None, source: dict | None = None) -> dict:
     """Write the prediction outputs of one photo (``prob_image``: :func:`probability_image`, needed
     when ``paths`` has "prob"; ``mask``: probabilities >= ``threshold``, less the joints of rule
-    ``joints`` when given); returns its summary row fields (without timing)."""
+    ``joints`` when given; ``source``: the photo file's fingerprint); returns its summary row
+    fields (without timing)."""
     if "prob" in paths and (prob_image is None or prob_image.dtype != np.uint8):
         raise TypeError(f"_prob.png takes probability_image(prob) (uint8), got {getattr(prob_image, 'dtype', None)}")
     contours = find_contours(mask)
     if "prob" in paths:
         write_image(paths["prob"], prob_image)
     write_image(paths["overlay"], draw_overlay(photo, contours), jpeg_quality=90)
-    write_contours(paths["contours"], mask, contours, threshold, joints)
+    write_contours(paths["contours"], mask, contours, threshold, joints, source)
     write_image(paths["mask"], mask.astype(np.uint8) * 255)  # last: its presence marks a finished photo
     crack_pixels = int(np.count_nonzero(mask))
     return {
@@ -143,21 +145,22 @@ def saved_prediction_fields(paths: dict[str, Path], mask: np.ndarray | None = No
 
 
 def read_contours_head(path: Path) -> dict:
-    """Size, threshold, contour count and left-out joints' rule of a ``_contours.json``, from its
-    first bytes (a file of half a million contours is not parsed); a file without a count (older
-    runs) is read whole. Older files, without ``joints``, left none out."""
+    """Size, threshold, contour count, left-out joints' rule and source photo's fingerprint of a
+    ``_contours.json``, from its first bytes (a file of half a million contours is not parsed); a
+    file without a count (older runs) is read whole. Older files, without ``joints``, left none
+    out; without ``source``, their photo is not known (None)."""
     with open(path, "rb") as file:
         start = file.read(1024).decode("utf-8", "replace")
     found = re.match(r'\{"width": (\d+), "height": (\d+), "threshold": ([^,]+), "count": (\d+),'
-                     r'(?: "joints": (null|\{[^}]*\}),)?', start)
+                     r'(?: "joints": (null|\{[^}]*\}),)?(?: "source": (null|\{[^}]*\}),)?', start)
     if found:
-        width, height, threshold, count, joints = found.groups()
+        width, height, threshold, count, joints, source = found.groups()
         return {"width": int(width), "height": int(height), "threshold": float(threshold), "count": int(count),
-                "joints": json.loads(joints) if joints else None}
+                "joints": json.loads(joints) if joints else None, "source": json.loads(source) if source else None}
     try:
         document = json.loads(Path(path).read_text())
         return {"width": document["width"], "height": document["height"], "threshold": float(document["threshold"]),
-                "count": len(document["contours"]), "joints": document.get("joints")}
+                "count": len(document["contours"]), "joints": document.get("joints"), "source": document.get("source")}
     except (ValueError, KeyError, TypeError) as err:
         raise ImageReadError(f"unreadable saved contours ({type(err).__name__}: {err}); delete the file or "
                              f"predict with overwrite=true: {path}") from err

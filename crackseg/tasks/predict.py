@@ -20,7 +20,9 @@ from crackseg.campaign import CampaignPhoto, find_photos, shard
 from crackseg.inference.backends import predictor_from_config
 from crackseg.inference.predictor import Predictor
 from crackseg.tiling import TileCounts
-from crackseg.io import ImageReadError, claimed, read_mask, read_photo, remove_stale_temp_files
+from crackseg.io import (
+    ImageReadError, claimed, file_fingerprint, read_mask, read_photo, remove_stale_temp_files, same_file,
+)
 from crackseg.measure import JointRule
 from crackseg.options import check_inference_options
 from crackseg.report.batch import CLAIMED_ELSEWHERE, publish
@@ -56,7 +58,8 @@ def predict(cfg: DictConfig) -> int:
     A photo whose outputs all exist is skipped; one whose prediction exists but whose measurement
     is missing or was made with other measurement settings is measured again from its saved mask;
     one whose mask left out other joints has them split again from its saved mask and joints; one
-    whose mask was made at another threshold, or no longer fits the photo's size, is predicted again.
+    whose mask was made at another threshold or of a photo file that has changed since (or is of
+    another size: outputs from before files were fingerprinted) is predicted again.
     Each photo is claimed with a lock file while it is worked on, so runs started on the same
     output share the photos instead of each doing them all. The campaign's summary.csv (and
     cracks.csv, report.html) cover the photos of every shard that has finished.
@@ -100,7 +103,8 @@ class _PhotoJob:
     done: bool = False
     remeasure: bool = False  # its prediction exists: measure the saved mask
     resplit: bool = False  # ...and split its joints again: they were told by another rule (or kept)
-    saved: dict | None = None  # the head of its saved _contours.json (size, threshold, count, joints), once read
+    saved: dict | None = None  # the head of its saved _contours.json (size, threshold, count, joints, source), once read
+    fingerprint: dict | None = None  # of the photo file, taken before it is read
     photo: np.ndarray | None = None
     prob: np.ndarray | None = None
     mask: np.ndarray | None = None
@@ -193,13 +197,16 @@ def _plan(job: _PhotoJob, cfg: DictConfig, settings: dict, threshold: float) -> 
     """Skip a photo whose outputs all exist at this threshold; re-measure one whose measurement is
     missing or stale; split again one whose mask left out other joints (its saved mask and joints
     are the thresholded prediction: no need to predict it again); predict again one whose mask was
-    made at another threshold."""
+    made at another threshold or of a photo file that has changed since."""
     paths = job.paths
     job.remeasure = not cfg.overwrite and all(p.is_file() for k, p in paths.items()
                                                if k not in (*MEASUREMENT_OUTPUTS, "joints"))  # joints: when any
     if job.remeasure:
         job.saved = read_contours_head(paths["contours"])
-        if job.saved["threshold"] != threshold:
+        if job.saved["source"] is not None and not same_file(job.source.path, job.saved["source"]):
+            log.info("%s: predicted again (the photo file changed since its outputs were made)", job.source.path)
+            job.remeasure = False
+        elif job.saved["threshold"] != threshold:
             log.info("%s: predicted again (its saved mask was made at threshold %.4f, this run's is %.4f)",
                      job.source.path, job.saved["threshold"], threshold)
             job.remeasure = False
@@ -234,6 +241,10 @@ def _stage(job: _PhotoJob, stage) -> _PhotoJob:
 
 
 def _read(job: _PhotoJob, max_megapixels: float) -> None:
+    try:  # before reading it: a photo changed meanwhile is done again next time
+        job.fingerprint = file_fingerprint(job.source.path)
+    except OSError:
+        job.fingerprint = None  # read_photo says what is wrong with the file
     job.photo = read_photo(job.source.path, max_megapixels)
     height, width = job.photo.shape[:2]
     if job.remeasure and (job.saved["height"], job.saved["width"]) != (height, width):
@@ -268,7 +279,8 @@ def _write(job: _PhotoJob, cfg: DictConfig, threshold: float, settings: dict,
     paths = {k: p for k, p in job.paths.items() if k != "prob"} if job.resplit else job.paths  # its _prob.png stays
     task = WriteTask(paths, job.source.stem, job.photo,
                      probability_image(job.prob) if "prob" in paths and job.prob is not None else None,
-                     job.mask, not job.remeasure or job.resplit, threshold, settings, cfg.measure, dropped_joints(cfg))
+                     job.mask, not job.remeasure or job.resplit, threshold, settings, cfg.measure, dropped_joints(cfg),
+                     job.fingerprint)
     job.prob = None  # freed now: the task holds the 8-bit image, a quarter of the float map, until written
     job.row.update(processes.write_outputs(task) if processes else write_outputs(task))
 

@@ -30,7 +30,7 @@ class WriteTask:
     ``prob_image`` (``probability_image``; None unless ``_prob.png`` is written) and mask (with its
     joints); ``write_mask``: the mask's files are written (a new prediction, or a saved mask whose
     joints are split again), else only its measurement; ``drop_joints``: the rule whose joints
-    leave the mask, or None."""
+    leave the mask, or None; ``source``: the photo file's fingerprint, recorded with the mask."""
 
     paths: dict[str, Path]
     stem: str
@@ -42,6 +42,7 @@ class WriteTask:
     settings: dict
     measure: bool
     drop_joints: dict | None
+    source: dict | None = None
 
 
 def write_outputs(task: WriteTask) -> dict:
@@ -66,7 +67,7 @@ def write_outputs(task: WriteTask) -> dict:
     if task.write_mask:
         if joints is not None and joints.any():
             write_image(paths["joints"], joints.astype(np.uint8) * 255)
-        row.update(write_photo_outputs(paths, task.photo, prob_image, mask, task.threshold, task.drop_joints))
+        row.update(write_photo_outputs(paths, task.photo, prob_image, mask, task.threshold, task.drop_joints, task.source))
         prob_image = None
     if task.measure:
         measuring = time.perf_counter()
