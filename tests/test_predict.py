@@ -15,12 +15,12 @@ import torch
 from crackseg.inference.predictor import Predictor
 from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.tiling import count_tiles
-from crackseg.io import ImageReadError, read_mask, write_image
+from crackseg.io import ImageReadError, file_digest, read_mask, write_image
 from crackseg.models.module import CrackSegModule
 from crackseg.tasks.predict import predict
 from crackseg.report.photo_outputs import (
-    contour_record, find_contours, output_paths, probability_image, region_pixels, saved_prediction_fields,
-    write_photo_outputs,
+    contour_record, find_contours, output_paths, probability_image, read_contours_head, region_pixels,
+    saved_prediction_fields, write_photo_outputs,
 )
 from tests.conftest import ROOT, copy_photos as _copy_photos, predict_cfg as _predict_cfg
 
@@ -556,11 +556,15 @@ def test_a_changed_photo_is_predicted_again_and_a_touched_one_skipped(red_checkp
     write_image(source, wall(40))  # another photo under the same name
     status, detail, mask = run()
     assert (status, detail) == ("ok", "") and mask[40:44, 10:90].all() and not mask[30:34].any()
+    contours = out / "wall_contours.json"
+    assert read_contours_head(contours)["source"]["sha256"] == file_digest(source)
 
-    contours = out / "wall_contours.json"  # outputs written before photos were fingerprinted: their size is checked
-    document = json.loads(contours.read_text())
+    document = json.loads(contours.read_text())  # outputs written before photos were fingerprinted
     del document["source"]
     contours.write_text(json.dumps(document))
+    write_image(source, wall(20))
+    cfg.keep_joints = True  # split again: the mask's photo stays unknown, not taken for the one now there
+    assert run()[:2] == ("ok", "split the saved mask's joints again") and read_contours_head(contours)["source"] is None
     write_image(source, np.ascontiguousarray(wall(40).transpose(1, 0, 2)))  # the photo turned
     cfg.mm_per_px = 0.5  # would measure the saved mask again, which no longer fits the photo
     status, detail, mask = run()

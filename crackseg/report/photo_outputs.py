@@ -152,7 +152,7 @@ def read_contours_head(path: Path) -> dict:
     with open(path, "rb") as file:
         start = file.read(1024).decode("utf-8", "replace")
     found = re.match(r'\{"width": (\d+), "height": (\d+), "threshold": ([^,]+), "count": (\d+),'
-                     r'(?: "joints": (null|\{[^}]*\}),)?(?: "source": (null|\{[^}]*\}),)?', start)
+                     r'(?: "joints": (null|\{[^}]*\}),)?(?: "source": (null|\{[^}]*\}),)? "contours": \[', start)
     if found:
         width, height, threshold, count, joints, source = found.groups()
         return {"width": int(width), "height": int(height), "threshold": float(threshold), "count": int(count),

@@ -104,7 +104,7 @@ class _PhotoJob:
     remeasure: bool = False  # its prediction exists: measure the saved mask
     resplit: bool = False  # ...and split its joints again: they were told by another rule (or kept)
     saved: dict | None = None  # the head of its saved _contours.json (size, threshold, count, joints, source), once read
-    fingerprint: dict | None = None  # of the photo file, taken before it is read
+    fingerprint: dict | None = None  # of the photo file its mask is made of (taken before it is read)
     photo: np.ndarray | None = None
     prob: np.ndarray | None = None
     mask: np.ndarray | None = None
@@ -241,17 +241,23 @@ def _stage(job: _PhotoJob, stage) -> _PhotoJob:
 
 
 def _read(job: _PhotoJob, max_megapixels: float) -> None:
-    try:  # before reading it: a photo changed meanwhile is done again next time
-        job.fingerprint = file_fingerprint(job.source.path)
-    except OSError:
-        job.fingerprint = None  # read_photo says what is wrong with the file
+    unreadable = None
+    if not job.remeasure:
+        try:  # before reading it: a photo changed meanwhile is done again next time
+            job.fingerprint = file_fingerprint(job.source.path)
+        except OSError as err:
+            unreadable = err  # read_photo says first what is wrong with the file, where it can
     job.photo = read_photo(job.source.path, max_megapixels)
+    if unreadable is not None:
+        raise ImageReadError(f"cannot fingerprint the photo file ({unreadable}): {job.source.path}")
     height, width = job.photo.shape[:2]
     if job.remeasure and (job.saved["height"], job.saved["width"]) != (height, width):
         log.info("%s: predicted again (its saved mask is %dx%d, the photo now %dx%d: replaced)", job.source.path,
                  job.saved["width"], job.saved["height"], width, height)
         job.remeasure = job.resplit = False
+        job.fingerprint = file_fingerprint(job.source.path)
     if job.remeasure:
+        job.fingerprint = job.saved["source"]  # of the photo the saved mask was made of: a re-split keeps it
         job.mask = read_mask(job.paths["mask"], job.photo.shape[:2])
         if job.resplit:  # its fields come from the mask written again
             job.row["detail"] = "split the saved mask's joints again"
