@@ -184,7 +184,7 @@ def _start(source: CampaignPhoto, output_dir: Path, cfg: DictConfig, settings: d
     """Claim the photo (parallel runs share the photos) and decide what is left to do for it."""
     folder = source.output_dir(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = output_paths(folder, source.stem, cfg.save_prob, cfg.measure, joints=dropped_joints(cfg) is not None)
+    paths = output_paths(folder, source.stem, cfg.save_prob, cfg.measure, joints=True)  # joints: written when any
     job = _PhotoJob(source, paths, {"photo": source.key})
     if job.claim.enter_context(claimed(folder / f".{source.stem}.lock")):
         return _stage(job, lambda j: _plan(j, cfg, settings, threshold))
@@ -263,9 +263,8 @@ def _read(job: _PhotoJob, max_megapixels: float) -> None:
             job.row["detail"] = "split the saved mask's joints again"
         else:
             job.row |= {**saved_prediction_fields(job.paths, job.mask, job.saved), "detail": "measured the saved mask"}
-        joints = job.paths["mask"].parent / f"{job.source.stem}_joints.png"  # any joints left out of it, measured with it
-        if job.saved["joints"] is not None and joints.is_file():
-            job.mask |= read_mask(joints, job.photo.shape[:2])
+        if job.saved["joints"] is not None and job.paths["joints"].is_file():  # the joints left out of it
+            job.mask |= read_mask(job.paths["joints"], job.photo.shape[:2])
 
 
 def _predict_one(job: _PhotoJob, predictor: Predictor, threshold: float) -> None:
