@@ -194,13 +194,16 @@ def file_fingerprint(path: str | Path) -> dict:
     return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_digest(path)}
 
 
-def same_file(path: str | Path, fingerprint: dict) -> bool:
-    """Whether ``path`` holds the bytes ``fingerprint`` was taken of: the same size and time, or
-    the same digest (read only when the time differs: a copy of the file, say)."""
+def unchanged_fingerprint(path: str | Path, fingerprint: dict) -> dict | None:
+    """``fingerprint`` with the file's time now when ``path`` still holds the bytes it was taken of
+    (the same size and time, or the same digest: read only when the time differs, a copy of the
+    file, say); None when the file changed."""
     stat = Path(path).stat()
     if stat.st_size != fingerprint["bytes"]:
-        return False
-    return stat.st_mtime_ns == fingerprint["mtime_ns"] or file_digest(path) == fingerprint["sha256"]
+        return None
+    if stat.st_mtime_ns == fingerprint["mtime_ns"]:
+        return fingerprint
+    return fingerprint | {"mtime_ns": stat.st_mtime_ns} if file_digest(path) == fingerprint["sha256"] else None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -208,11 +211,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
+def json_streamed_head(head: dict, key: str) -> bytes:
+    """The text :func:`write_json_streamed` writes before the first item."""
+    return (json.dumps(head)[:-1] + (", " if head else "") + f"{json.dumps(key)}: [").encode()
+
+
 def write_json_streamed(path: str | Path, head: dict, key: str, items: Iterable) -> None:
     """``{**head, key: list(items)}`` as JSON, written atomically one item at a time (the same
     text as ``json.dumps``, without the whole list or text in memory)."""
     def write(file: BinaryIO) -> None:
-        file.write((json.dumps(head)[:-1] + (", " if head else "") + f"{json.dumps(key)}: [").encode())
+        file.write(json_streamed_head(head, key))
         for i, item in enumerate(items):
             file.write(((", " if i else "") + json.dumps(item)).encode())
         file.write(b"]}")

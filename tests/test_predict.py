@@ -19,7 +19,7 @@ from crackseg.io import ImageReadError, file_digest, read_mask, write_image
 from crackseg.models.module import CrackSegModule
 from crackseg.tasks.predict import predict
 from crackseg.report.photo_outputs import (
-    contour_record, find_contours, output_paths, probability_image, read_contours_head, region_pixels,
+    contour_record, find_contours, output_paths, probability_image, read_contours_head, record_source, region_pixels,
     saved_prediction_fields, write_photo_outputs,
 )
 from tests.conftest import ROOT, copy_photos as _copy_photos, predict_cfg as _predict_cfg
@@ -462,6 +462,21 @@ def test_a_saved_prediction_is_summarised_from_the_head_of_its_contours_file(tmp
         saved_prediction_fields(paths)
 
 
+def test_a_new_source_record_rewrites_only_the_contours_heads_fingerprint(tmp_path):
+    mask = np.zeros((60, 400), bool)
+    mask[10:50:4, 5:395:3] = True  # 390 specks: contours well past the head's first KiB
+    paths = output_paths(tmp_path, "p")
+    joints, source = {"min_length_px": 400.0}, {"bytes": 12, "mtime_ns": 1, "sha256": "ab" * 12}
+    write_photo_outputs(paths, np.zeros((60, 400, 3), np.uint8), mask.astype(np.uint8) * 255, mask, 0.25, joints, source)
+    document = json.loads(paths["contours"].read_text())
+    assert record_source(paths["contours"], source | {"mtime_ns": 2})
+    assert json.loads(paths["contours"].read_text()) == document | {"source": source | {"mtime_ns": 2}}
+    assert read_contours_head(paths["contours"])["source"]["mtime_ns"] == 2
+    for other in (document | {"source": None}, document):  # none recorded; another layout (indented)
+        paths["contours"].write_text(text := json.dumps(other, indent=1))
+        assert not record_source(paths["contours"], source) and paths["contours"].read_text() == text
+
+
 def test_scales_the_models_tile_cannot_take_and_a_missing_gpu_are_refused_before_any_photo(red_checkpoint, tmp_path):
     from crackseg.options import OptionError
 
@@ -533,8 +548,11 @@ def test_batch_without_measurement_and_bad_mm_per_px(checkpoint, tiny_dataset, t
         predict(cfg)
 
 
-def test_a_changed_photo_is_predicted_again_and_a_touched_one_skipped(red_checkpoint, tmp_path):
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_a_changed_photo_is_predicted_again_and_a_touched_one_skipped(red_checkpoint, tmp_path, monkeypatch, pipeline):
     import os
+
+    import crackseg.io
 
     def wall(row):
         photo = np.full((64, 96, 3), 90, np.uint8)
@@ -543,7 +561,8 @@ def test_a_changed_photo_is_predicted_again_and_a_touched_one_skipped(red_checkp
 
     source, out = tmp_path / "in" / "wall.png", tmp_path / "out"
     write_image(source, wall(30))
-    cfg = _predict_cfg(ckpt=str(red_checkpoint), input=str(tmp_path / "in"), output=str(out), tile=32, scales=[1])
+    cfg = _predict_cfg(ckpt=str(red_checkpoint), input=str(tmp_path / "in"), output=str(out), tile=32, scales=[1],
+                       pipeline=pipeline)
 
     def run():
         assert predict(cfg) == 0
@@ -551,12 +570,18 @@ def test_a_changed_photo_is_predicted_again_and_a_touched_one_skipped(red_checkp
         return row["status"], row["detail"], read_mask(out / "wall_mask.png")
 
     assert run()[2][30:34, 10:90].all()
+    contours = out / "wall_contours.json"
+    document = json.loads(contours.read_text())
     os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))  # the same bytes, copied
     assert run()[:2] == ("skipped", "outputs exist")
+    recorded = json.loads(contours.read_text())  # the copy's time, so it is not hashed again; the rest as it was
+    assert recorded == document | {"source": document["source"] | {"mtime_ns": source.stat().st_mtime_ns}}
+    with monkeypatch.context() as patch:
+        patch.setattr(crackseg.io, "file_digest", lambda path: pytest.fail(f"{path} hashed again"))
+        assert run()[:2] == ("skipped", "outputs exist")
     write_image(source, wall(40))  # another photo under the same name
     status, detail, mask = run()
     assert (status, detail) == ("ok", "") and mask[40:44, 10:90].all() and not mask[30:34].any()
-    contours = out / "wall_contours.json"
     assert read_contours_head(contours)["source"]["sha256"] == file_digest(source)
 
     document = json.loads(contours.read_text())  # outputs written before photos were fingerprinted

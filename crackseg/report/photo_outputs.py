@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
 
-from crackseg.io import ImageReadError, read_mask, write_csv, write_image, write_json_streamed
+from crackseg.io import (
+    ImageReadError, atomic_write, json_streamed_head, read_mask, write_csv, write_image, write_json_streamed,
+)
 
 SUMMARY_FIELDS = ["photo", "width", "height", "crack_pixels", "crack_fraction", "contours", "cracks", "total_length",
                   "max_width", "unit", "joints", "tiles", "tiles_skipped", "seconds", "measure_seconds", "status", "detail"]
@@ -144,19 +147,25 @@ def saved_prediction_fields(paths: dict[str, Path], mask: np.ndarray | None = No
             "crack_fraction": round(crack_pixels / mask.size, 6), "contours": head["count"]}
 
 
+_CONTOURS_HEAD = re.compile(r'\{"width": (\d+), "height": (\d+), "threshold": ([^,]+), "count": (\d+),'
+                            r'(?: "joints": (null|\{[^}]*\}),)?(?: "source": (null|\{[^}]*\}),)? "contours": \[')
+
+
+def _head_of(found: re.Match) -> dict:
+    width, height, threshold, count, joints, source = found.groups()
+    return {"width": int(width), "height": int(height), "threshold": float(threshold), "count": int(count),
+            "joints": json.loads(joints) if joints else None, "source": json.loads(source) if source else None}
+
+
 def read_contours_head(path: Path) -> dict:
     """Size, threshold, contour count, left-out joints' rule and source photo's fingerprint of a
     ``_contours.json``, from its first bytes (a file of half a million contours is not parsed); a
     file without a count (older runs) is read whole. Older files, without ``joints``, left none
     out; without ``source``, their photo is not known (None)."""
     with open(path, "rb") as file:
-        start = file.read(1024).decode("utf-8", "replace")
-    found = re.match(r'\{"width": (\d+), "height": (\d+), "threshold": ([^,]+), "count": (\d+),'
-                     r'(?: "joints": (null|\{[^}]*\}),)?(?: "source": (null|\{[^}]*\}),)? "contours": \[', start)
+        found = _CONTOURS_HEAD.match(file.read(1024).decode("utf-8", "replace"))
     if found:
-        width, height, threshold, count, joints, source = found.groups()
-        return {"width": int(width), "height": int(height), "threshold": float(threshold), "count": int(count),
-                "joints": json.loads(joints) if joints else None, "source": json.loads(source) if source else None}
+        return _head_of(found)
     try:
         document = json.loads(Path(path).read_text())
         return {"width": document["width"], "height": document["height"], "threshold": float(document["threshold"]),
@@ -164,6 +173,20 @@ def read_contours_head(path: Path) -> dict:
     except (ValueError, KeyError, TypeError) as err:
         raise ImageReadError(f"unreadable saved contours ({type(err).__name__}: {err}); delete the file or "
                              f"predict with overwrite=true: {path}") from err
+
+
+def record_source(path: Path, source: dict) -> bool:
+    """Write ``source`` as the photo's fingerprint into a ``_contours.json`` that records one,
+    its contours copied as they are (streamed, atomically); False, the file left as it is, where
+    its head has another layout."""
+    with open(path, "rb") as file:
+        found = _CONTOURS_HEAD.match(file.read(1024).decode("utf-8", "replace"))
+        if not found or found.group(6) is None:
+            return False
+        file.seek(found.end())  # the head is ASCII (json.dumps): its characters are its bytes
+        head = json_streamed_head(_head_of(found) | {"source": source}, "contours")
+        atomic_write(path, lambda out: (out.write(head), shutil.copyfileobj(file, out)))
+    return True
 
 
 def write_summary(path: Path, rows: list[dict]) -> None:

@@ -21,14 +21,14 @@ from crackseg.inference.backends import predictor_from_config
 from crackseg.inference.predictor import Predictor
 from crackseg.tiling import TileCounts
 from crackseg.io import (
-    ImageReadError, claimed, file_fingerprint, read_mask, read_photo, remove_stale_temp_files, same_file,
+    ImageReadError, claimed, file_fingerprint, read_mask, read_photo, remove_stale_temp_files, unchanged_fingerprint,
 )
 from crackseg.measure import JointRule
 from crackseg.options import check_inference_options
 from crackseg.report.batch import CLAIMED_ELSEWHERE, publish
 from crackseg.report.crack_outputs import read_crack_document, summary_fields
 from crackseg.report.photo_outputs import (
-    MEASUREMENT_OUTPUTS, output_paths, probability_image, read_contours_head, saved_prediction_fields,
+    MEASUREMENT_OUTPUTS, output_paths, probability_image, read_contours_head, record_source, saved_prediction_fields,
 )
 from crackseg.tasks.write_photo import WriteTask, WriterProcesses, write_outputs
 
@@ -203,7 +203,10 @@ def _plan(job: _PhotoJob, cfg: DictConfig, settings: dict, threshold: float) -> 
                                                if k not in (*MEASUREMENT_OUTPUTS, "joints"))  # joints: when any
     if job.remeasure:
         job.saved = read_contours_head(paths["contours"])
-        if job.saved["source"] is not None and not same_file(job.source.path, job.saved["source"]):
+        recorded = job.saved["source"]
+        if recorded is not None:
+            job.saved["source"] = unchanged_fingerprint(job.source.path, recorded)
+        if recorded is not None and job.saved["source"] is None:
             log.info("%s: predicted again (the photo file changed since its outputs were made)", job.source.path)
             job.remeasure = False
         elif job.saved["threshold"] != threshold:
@@ -214,11 +217,23 @@ def _plan(job: _PhotoJob, cfg: DictConfig, settings: dict, threshold: float) -> 
             log.info("%s: joints split again from its saved mask (which left out the joints of rule %s; this run's: %s)",
                      job.source.path, job.saved["joints"], dropped_joints(cfg))
             job.resplit = True
+        if job.remeasure and not job.resplit and job.saved["source"] != recorded:  # a re-split writes it anyway
+            _record_new_time(job)
     document = _measured(paths, settings) if job.remeasure and not job.resplit and cfg.measure else None
     if job.remeasure and not job.resplit and (document or not cfg.measure):
         job.row |= {**saved_prediction_fields(paths, head=job.saved), **(summary_fields(document) if document else {}),
                     "status": "skipped", "detail": "outputs exist"}
         job.done = True
+
+
+def _record_new_time(job: _PhotoJob) -> None:
+    """Record the time of a photo file whose bytes are those its outputs were made of (a copy),
+    so the next run does not read it to hash it again."""
+    try:
+        record_source(job.paths["contours"], job.saved["source"])
+    except OSError as err:
+        log.warning("%s: its new file time could not be recorded (%s); it is hashed again next run",
+                    job.source.path, err)
 
 
 def _stage(job: _PhotoJob, stage) -> _PhotoJob:
