@@ -8,7 +8,6 @@ synthetic generator's joints and borders labelled background in ``distractors/<s
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -18,7 +17,7 @@ import cv2
 import numpy as np
 
 from crackseg.data import synthetic
-from crackseg.io import IMAGE_SUFFIXES, ImageReadError, read_mask
+from crackseg.io import IMAGE_SUFFIXES, ImageReadError, file_digest, read_mask
 from crackseg.options import OptionError
 
 Pair = tuple[Path, Path]
@@ -177,8 +176,8 @@ def without_copies(pairs: list[Pair], others: Iterable[Pair] = ()) -> tuple[list
 
 @functools.lru_cache(maxsize=4096)
 def _digest(path: Path, size: int, mtime_ns: int) -> str:
-    """The photo's hash, read once per process while its size and time stay the same."""
-    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+    """The photo's :func:`file_digest`, read once per process while its size and time stay the same."""
+    return file_digest(path)
 
 
 _told: set[tuple[Path, Path]] = set()
