@@ -188,22 +188,28 @@ def file_digest(path: str | Path) -> str:
 
 
 def file_fingerprint(path: str | Path) -> dict:
-    """A file's size, modification time and digest: what tells a changed file from the one
-    something was made of (:func:`same_file`)."""
+    """A file's size, times and digest: what tells a changed file from the one something was made
+    of (:func:`unchanged_fingerprint`)."""
     stat = Path(path).stat()
-    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_digest(path)}
+    return {"bytes": stat.st_size, **_times(stat), "sha256": file_digest(path)}
+
+
+def _times(stat: os.stat_result) -> dict:
+    # ctime as well: an edit that puts the modification time back (exiftool -P) still changes it, and nothing sets it back
+    return {"mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns}
 
 
 def unchanged_fingerprint(path: str | Path, fingerprint: dict) -> dict | None:
-    """``fingerprint`` with the file's time now when ``path`` still holds the bytes it was taken of
-    (the same size and time, or the same digest: read only when the time differs, a copy of the
+    """``fingerprint`` with the file's times now when ``path`` still holds the bytes it was taken
+    of (the same size and times, or the same digest: read only when a time differs, a copy of the
     file, say); None when the file changed."""
     stat = Path(path).stat()
     if stat.st_size != fingerprint["bytes"]:
         return None
-    if stat.st_mtime_ns == fingerprint["mtime_ns"]:
+    times = _times(stat)
+    if all(fingerprint.get(key) == value for key, value in times.items()):
         return fingerprint
-    return fingerprint | {"mtime_ns": stat.st_mtime_ns} if file_digest(path) == fingerprint["sha256"] else None
+    return fingerprint | times if file_digest(path) == fingerprint["sha256"] else None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

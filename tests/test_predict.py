@@ -559,7 +559,7 @@ def test_a_changed_photo_is_predicted_again_and_a_touched_one_skipped(red_checkp
         photo[row:row + 4, 10:90, 0] = 255
         return photo
 
-    source, out = tmp_path / "in" / "wall.png", tmp_path / "out"
+    source, out = tmp_path / "in" / "wall.bmp", tmp_path / "out"  # bmp: the same size whatever is drawn
     write_image(source, wall(30))
     cfg = _predict_cfg(ckpt=str(red_checkpoint), input=str(tmp_path / "in"), output=str(out), tile=32, scales=[1],
                        pipeline=pipeline)
@@ -574,11 +574,17 @@ def test_a_changed_photo_is_predicted_again_and_a_touched_one_skipped(red_checkp
     document = json.loads(contours.read_text())
     os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))  # the same bytes, copied
     assert run()[:2] == ("skipped", "outputs exist")
-    recorded = json.loads(contours.read_text())  # the copy's time, so it is not hashed again; the rest as it was
-    assert recorded == document | {"source": document["source"] | {"mtime_ns": source.stat().st_mtime_ns}}
+    recorded = json.loads(contours.read_text())  # the copy's times, so it is not hashed again; the rest as it was
+    times = {"mtime_ns": source.stat().st_mtime_ns, "ctime_ns": source.stat().st_ctime_ns}
+    assert recorded == document | {"source": document["source"] | times}
     with monkeypatch.context() as patch:
         patch.setattr(crackseg.io, "file_digest", lambda path: pytest.fail(f"{path} hashed again"))
         assert run()[:2] == ("skipped", "outputs exist")
+    edited = tmp_path / "edited.bmp"
+    write_image(edited, wall(50))
+    source.write_bytes(edited.read_bytes())  # edited in place, its size and modification time kept
+    os.utime(source, ns=(source.stat().st_atime_ns, times["mtime_ns"]))
+    assert source.stat().st_size == document["source"]["bytes"] and run()[2][50:54, 10:90].all()
     write_image(source, wall(40))  # another photo under the same name
     status, detail, mask = run()
     assert (status, detail) == ("ok", "") and mask[40:44, 10:90].all() and not mask[30:34].any()
