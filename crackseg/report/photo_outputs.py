@@ -4,9 +4,11 @@ and the batch's summary.csv."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -177,15 +179,23 @@ def read_contours_head(path: Path) -> dict:
 
 def record_source(path: Path, source: dict) -> bool:
     """Write ``source`` as the photo's fingerprint into a ``_contours.json`` that records one,
-    its contours copied as they are (streamed, atomically); False, the file left as it is, where
-    its head has another layout."""
+    its contours copied as they are (streamed, atomically, synced to disk: it replaces a finished
+    output); False, the file left as it is, where it records none or its head has another layout."""
     with open(path, "rb") as file:
         found = _CONTOURS_HEAD.match(file.read(1024).decode("utf-8", "replace"))
-        if not found or found.group(6) is None:
-            return False
-        file.seek(found.end())  # the head is ASCII (json.dumps): its characters are its bytes
-        head = json_streamed_head(_head_of(found) | {"source": source}, "contours")
-        atomic_write(path, lambda out: (out.write(head), shutil.copyfileobj(file, out)))
+    if not found or found.group(6) in (None, "null"):
+        return False
+    head = json_streamed_head(_head_of(found) | {"source": source}, "contours")
+
+    def write(out: BinaryIO) -> None:
+        out.write(head)
+        with open(path, "rb") as contours:  # closed before the rename (Windows cannot replace an open file)
+            contours.seek(found.end())  # the head is ASCII (json.dumps): its characters are its bytes
+            shutil.copyfileobj(contours, out)
+        out.flush()
+        os.fsync(out.fileno())
+
+    atomic_write(path, write)
     return True
 
 
