@@ -218,7 +218,7 @@ def _plan(job: _PhotoJob, cfg: DictConfig, settings: dict, threshold: float) -> 
                      job.source.path, job.saved["joints"], dropped_joints(cfg))
             job.resplit = True
         if job.remeasure and not job.resplit and job.saved["source"] != recorded:  # a re-split writes it anyway
-            _record_new_time(job)
+            _record_new_times(job)
     document = _measured(paths, settings) if job.remeasure and not job.resplit and cfg.measure else None
     if job.remeasure and not job.resplit and (document or not cfg.measure):
         job.row |= {**saved_prediction_fields(paths, head=job.saved), **(summary_fields(document) if document else {}),
@@ -226,13 +226,13 @@ def _plan(job: _PhotoJob, cfg: DictConfig, settings: dict, threshold: float) -> 
         job.done = True
 
 
-def _record_new_time(job: _PhotoJob) -> None:
-    """Record the time of a photo file whose bytes are those its outputs were made of (a copy),
-    so the next run does not read it to hash it again."""
+def _record_new_times(job: _PhotoJob) -> None:
+    """Record the times of a photo file whose bytes are those its outputs were made of (a copy,
+    a ``touch``, a ``chmod``), so the next run does not read it to hash it again."""
     try:
         record_source(job.paths["contours"], job.saved["source"])
     except OSError as err:
-        log.warning("%s: its new file time could not be recorded (%s); it is hashed again next run",
+        log.warning("%s: its new file times could not be recorded (%s); it is hashed again next run",
                     job.source.path, err)
 
 
