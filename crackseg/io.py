@@ -195,7 +195,7 @@ def file_fingerprint(path: str | Path) -> dict:
 
 
 def _times(stat: os.stat_result) -> dict:
-    # ctime as well: an edit that puts the modification time back (exiftool -P) still changes it, and nothing sets it back
+    # ctime as well: an edit that puts the modification time back (exiftool -P) still changes it
     return {"mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns}
 
 

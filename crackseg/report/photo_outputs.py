@@ -153,6 +153,12 @@ _CONTOURS_HEAD = re.compile(r'\{"width": (\d+), "height": (\d+), "threshold": ([
                             r'(?: "joints": (null|\{[^}]*\}),)?(?: "source": (null|\{[^}]*\}),)? "contours": \[')
 
 
+def _match_head(path: Path) -> re.Match | None:
+    """The head of a ``_contours.json`` as crackseg writes it, matched in its first KiB."""
+    with open(path, "rb") as file:
+        return _CONTOURS_HEAD.match(file.read(1024).decode("utf-8", "replace"))
+
+
 def _head_of(found: re.Match) -> dict:
     width, height, threshold, count, joints, source = found.groups()
     return {"width": int(width), "height": int(height), "threshold": float(threshold), "count": int(count),
@@ -164,8 +170,7 @@ def read_contours_head(path: Path) -> dict:
     ``_contours.json``, from its first bytes (a file of half a million contours is not parsed); a
     file without a count (older runs) is read whole. Older files, without ``joints``, left none
     out; without ``source``, their photo is not known (None)."""
-    with open(path, "rb") as file:
-        found = _CONTOURS_HEAD.match(file.read(1024).decode("utf-8", "replace"))
+    found = _match_head(path)
     if found:
         return _head_of(found)
     try:
@@ -181,8 +186,7 @@ def record_source(path: Path, source: dict) -> bool:
     """Write ``source`` as the photo's fingerprint into a ``_contours.json`` that records one,
     its contours copied as they are (streamed, atomically, synced to disk: it replaces a finished
     output); False, the file left as it is, where it records none or its head has another layout."""
-    with open(path, "rb") as file:
-        found = _CONTOURS_HEAD.match(file.read(1024).decode("utf-8", "replace"))
+    found = _match_head(path)
     if not found or found.group(6) in (None, "null"):
         return False
     head = json_streamed_head(_head_of(found) | {"source": source}, "contours")

@@ -67,7 +67,8 @@ def write_outputs(task: WriteTask) -> dict:
     if task.write_mask:
         if joints is not None and joints.any():
             write_image(paths["joints"], joints.astype(np.uint8) * 255)
-        row.update(write_photo_outputs(paths, task.photo, prob_image, mask, task.threshold, task.drop_joints, task.source))
+        row.update(write_photo_outputs(paths, task.photo, prob_image, mask, task.threshold, task.drop_joints,
+                                       task.source))
         prob_image = None
     if task.measure:
         measuring = time.perf_counter()
