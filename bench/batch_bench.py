@@ -94,13 +94,14 @@ def _run_prediction_only(photos: Path, output: Path, overrides: list[str]) -> di
     from crackseg.io import read_photo
 
     cfg = _config(photos, output, overrides)
-    predictor, _ = predictor_from_config(cfg, cascade=cfg.cascade)
+    predictor, thresholds = predictor_from_config(cfg)
     predictor(read_photo(sorted(photos.glob("*.jpg"))[0])[:256, :256])  # warm-up (sessions, allocators)
     wall = 0.0
     for path in sorted(photos.glob("*.jpg")):
         photo = read_photo(path)
+        threshold = thresholds(*photo.shape[:2])
         started = time.perf_counter()
-        predictor(photo)
+        predictor(photo, cascade_threshold=threshold if cfg.cascade else None)
         wall += time.perf_counter() - started
         del photo
     return {"wall_s": round(wall, 2), "peak_rss_gib": round(_peak_rss_gib(), 3)}

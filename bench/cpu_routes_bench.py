@@ -129,7 +129,8 @@ def accuracy(ckpt: Path, out: Path) -> dict:
                     continue  # eager PyTorch is slower: one scale shows its numerics
                 output = out / f"{route}-{data}-{scales.count(',') + 1}scales"
                 cfg = _compose("evaluate", [f"ckpt={ckpt}", f"data={data}", f"data.split={split}", f"scales=[{scales}]",
-                                            "save_threshold=false", f"output={output}", "keep_joints=true", *options])
+                                            "save_threshold=false", f"output={output}", "keep_joints=true",
+                                            "upscale_below_px=null", *options])
                 started = time.perf_counter()
                 dice = evaluate(cfg)["dice"]
                 row[route] = {"dice": round(dice, 4), "seconds": round(time.perf_counter() - started, 1)}

@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
     for entry in args.data:
         name, split = entry.split(":")
         with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose("evaluate", overrides=[f"data={name}", f"ckpt={args.ckpt}", f"scales={scales}"])
-        predictor, threshold = predictor_from_config(cfg)
+            cfg = compose("evaluate", overrides=[f"data={name}", f"ckpt={args.ckpt}", f"scales={scales}",
+                                                  "upscale_below_px=null"])
+        predictor, thresholds = predictor_from_config(cfg)
         pairs = [pair for source in split_sources(cfg.data, split).values() for pair in source]
         rng = np.random.default_rng(args.seed)
         pairs = [pairs[i] for i in sorted(rng.permutation(len(pairs))[: args.photos])]
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
             photo, truth = read_pair(photo_path, mask_path)
             truth = truth.astype(bool)
             with_joints, lines = paste_joints(photo, truth, rng, max_joints=4)
+            threshold = thresholds(*photo.shape[:2])  # upscale_below_px=null: --scales' for every photo
             pred_clean = predictor(photo) >= threshold
             pred_pasted = predictor(with_joints) >= threshold
             clean += metrics.confusion(pred_clean, truth)

@@ -73,8 +73,7 @@ def run(ckpt: Path, photo, device: torch.device, rounds: int) -> dict:
     predictors: dict[str, tuple[Timed, Predictor]] = {}
     for name, (model, precision) in routes_for(ckpt, device).items():
         for key in ("1,2,0.5", "1"):
-            predictor = Predictor(model, [float(s) for s in key.split(",")], model.tile, precision=precision,
-                                  cascade_threshold=thresholds[key]["threshold"])
+            predictor = Predictor(model, [float(s) for s in key.split(",")], model.tile, precision=precision)
             predictor._forward = timed = Timed(predictor._forward, device)  # the model call, clocked
             predictors[f"{name}@{key}"] = (timed, predictor)
     for _, predictor in predictors.values():  # warm-up
@@ -87,7 +86,7 @@ def run(ckpt: Path, photo, device: torch.device, rounds: int) -> dict:
             timed, predictor = predictors[case]
             timed.seconds, counts[case] = 0.0, TileCounts()
             started = time.perf_counter()
-            predictor(photo, counts=counts[case])
+            predictor(photo, counts=counts[case], cascade_threshold=thresholds[case.split("@")[1]]["threshold"])
             samples[case].append((time.perf_counter() - started, timed.seconds))
     result = {}
     for case, pairs in samples.items():

@@ -92,13 +92,13 @@ def test_val_evaluation_stores_the_ods_threshold_for_prediction(red_checkpoint, 
         assert resolve_threshold(ckpt, trained, None, [1.0]) == stored["threshold"]
         assert not caplog.records
         test = evaluate(_cfg(ckpt, root, tmp_path / "ms", "data.split=test", "scales=[1,2]"))
-    assert test["threshold"] == trained  # none chosen at these scales
+    assert test["thresholds"] == {"1,2": trained}  # none chosen at these scales
     assert f"{threshold_path(ckpt)} has thresholds chosen at scales [1], not [1,2]" in caplog.text
     # a val evaluation at other scales adds their threshold and keeps the first
     ms = evaluate(_cfg(ckpt, root, tmp_path / "ms_val", "data.split=val", "scales=[1,2]"))
     assert read_thresholds(ckpt) == {
         "1": stored, "1,2": {"threshold": ms["ods_threshold"], "scales": [1.0, 2.0], "rule": "dataset_mean",
-                             "dice": ms["chosen"]["dice"], "ods": ms["ods"], "split": ms["split"], "photos": 2,
+                             "dice": ms["chosen"]["1,2"]["dice"], "ods": ms["ods"], "split": ms["split"], "photos": 2,
                              "precision": "fp32", "model_sha256": [file_digest(ckpt)]}}
     assert resolve_threshold(ckpt, trained, None, [1, 2]) == ms["ods_threshold"]
     assert resolve_threshold(ckpt, trained, 0.25, [1, 2]) == 0.25
@@ -111,7 +111,7 @@ def test_command_prints_the_result_as_its_last_line_and_fails_clearly(red_checkp
             f"hydra.run.dir={tmp_path / 'run'}"]
     done = subprocess.run(args, capture_output=True, text=True, check=True, cwd=ROOT)
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert {"dice", "iou", "precision", "recall", "f1_2px", "ods", "ois", "threshold", "photos"} <= result.keys()
+    assert {"dice", "iou", "precision", "recall", "f1_2px", "ods", "ois", "thresholds", "photos"} <= result.keys()
     assert result["scales"] == [1, 2, 0.5] and (tmp_path / "run" / "report.json").is_file()
     missing = subprocess.run(args[:2] + [f"ckpt={tmp_path / 'none.ckpt'}"] + args[3:], capture_output=True, text=True, cwd=ROOT)
     assert missing.returncode != 0 and "none.ckpt" in missing.stderr
@@ -186,10 +186,37 @@ def test_the_threshold_rule_chooses_the_stored_threshold(tmp_path, rule, thresho
         write_image(tmp_path / name / "masks" / "val" / "a.png", mask.astype(np.uint8) * 255)
     sources = f"+data.sources={{large: {{root: '{tmp_path / 'large'}'}}, small: {{root: '{tmp_path / 'small'}'}}}}"
     result = evaluate(_cfg(ckpt, tmp_path / "large", tmp_path / "run", "data.root=null", sources, f"threshold_rule={rule}"))
-    assert result["ods_threshold"] == 129 / 256 and result["chosen"]["threshold"] == threshold
+    assert result["ods_threshold"] == 129 / 256 and result["chosen"]["1"]["threshold"] == threshold
     expected = metrics.Counts(640 + 32, 640, 0) if rule == "dataset_mean" else metrics.Counts(640, 0, 32)
-    assert result["chosen"]["dice"] == pytest.approx(expected.dice, abs=1e-4)
+    assert result["chosen"]["1"]["dice"] == pytest.approx(expected.dice, abs=1e-4)
     assert read_thresholds(ckpt)["1"]["threshold"] == threshold and read_thresholds(ckpt)["1"]["rule"] == rule
+
+
+def test_each_scale_set_gets_its_threshold_chosen_on_the_photos_predicted_at_it(tmp_path):
+    ckpt = tmp_path / "graded.ckpt"
+    net_config = OmegaConf.to_yaml({"_target_": "tests.test_evaluate.RedIsProbability"})
+    torch.save({"state_dict": {}, "hyper_parameters": {"net_config": net_config, "mean": [0, 0, 0], "std": [1, 1, 1],
+                                                         "threshold": 0.5, "channels_last": False}}, ckpt)
+    # a small photo (predicted at 1 and 2): cracks at 0.90 on 0.50; a large one (at 1 only): 0.30 on 0.10
+    for name, (height, width), crack, background in (("small", (32, 40), 230, 128), ("large", (48, 64), 77, 26)):
+        mask = np.zeros((height, width), bool)
+        mask[: height // 2] = True
+        photo = np.zeros((height, width, 3), np.uint8)
+        photo[..., 0] = np.where(mask, crack, background)
+        write_image(tmp_path / "data" / "images" / "val" / f"{name}.png", photo)
+        write_image(tmp_path / "data" / "masks" / "val" / f"{name}.png", mask.astype(np.uint8) * 255)
+    result = evaluate(_cfg(ckpt, tmp_path / "data", tmp_path / "run", "scales=[1,2]", "upscale_below_px=48"))
+    rows = {r["photo"].split("/")[-1]: r for r in csv.DictReader((tmp_path / "run" / "per_photo.csv").open())}
+    assert rows["small.png"]["scales"] == "1,2" and rows["large.png"]["scales"] == "1"
+    assert result["thresholds"] == {"1,2": 0.5, "1": 0.5}  # none chosen yet: the trained one
+    assert result["chosen"]["1"]["threshold"] == 27 / 256 and result["chosen"]["1"]["photos"] == 1
+    assert 128 / 256 < result["chosen"]["1,2"]["threshold"] <= 230 / 256  # above the small photo's background
+    stored = read_thresholds(ckpt)
+    assert {k: (e["threshold"], e["photos"]) for k, e in stored.items()} == {
+        k: (c["threshold"], 1) for k, c in result["chosen"].items()}
+    again = evaluate(_cfg(ckpt, tmp_path / "data", tmp_path / "again", "scales=[1,2]", "upscale_below_px=48",
+                          "save_threshold=false"))
+    assert again["thresholds"] == {k: c["threshold"] for k, c in result["chosen"].items()} and again["dice"] == 1
 
 
 def test_threshold_files_of_the_older_one_threshold_layout_still_apply(tmp_path):

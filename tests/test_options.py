@@ -20,6 +20,7 @@ def _cfg(name, tmp_path, *overrides):
     ("threshold=2", "threshold=2: must be a number in [0, 1]"),
     ("threshold=-1", "threshold=-1: must be a number in [0, 1]"),
     ("batch_size=0", "batch_size=0: must be an integer >= 1"),
+    ("upscale_below_px=0", "upscale_below_px=0: must be an integer >= 1"),
     ("scales=[]", "scales=[]: must be a non-empty list"),
     ("scales=[1,1.5]", "each scale must be an integer k or 1/k"),
     ("tile=7", "tile=7: must be an integer >= 32"),

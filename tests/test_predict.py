@@ -14,6 +14,7 @@ import torch
 
 from crackseg.inference.predictor import Predictor
 from crackseg.models.checkpoints import CheckpointError, load_model
+from crackseg.models.thresholds import write_threshold
 from crackseg.tiling import count_tiles
 from crackseg.io import ImageReadError, file_digest, read_mask, write_image
 from crackseg.models.module import CrackSegModule
@@ -59,6 +60,45 @@ def test_single_scale_prediction_is_the_validation_tiler(checkpoint, tiny_datase
     np.testing.assert_allclose(prob, expected, atol=1e-6)
     multi = Predictor(model, scales=[1, 2, 0.5], tile=64)(photo)
     assert multi.shape == (70, 90) and multi.dtype == np.float32 and 0 <= multi.min() <= multi.max() <= 1
+
+
+def test_photos_from_upscale_below_px_are_predicted_without_the_scales_above_1(checkpoint):
+    predictor = Predictor(load_model(checkpoint), scales=[1, 2, 0.5], tile=64, upscale_below_px=100)
+    assert predictor.scales_for(99, 500) == [1, 2, 0.5] and predictor.scales_for(100, 100) == [1, 0.5]
+    assert predictor.tiles_for(120, 150) == count_tiles(120, 150, 64, 0.25, [1, 0.5])
+    upscaling_only = Predictor(load_model(checkpoint), scales=[2], tile=64, upscale_below_px=100)
+    assert upscaling_only.scales_for(200, 200) == [2]
+    assert Predictor(load_model(checkpoint), scales=[1, 2], tile=64).scales_for(5000, 5000) == [1, 2]
+    photo = np.random.default_rng(0).integers(0, 256, (100, 130, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(predictor(photo), Predictor(load_model(checkpoint), scales=[1, 0.5], tile=64)(photo))
+
+
+def test_each_photo_is_predicted_at_its_sizes_scales_and_their_threshold(red_checkpoint, tmp_path):
+    ckpt = tmp_path / "red.ckpt"
+    ckpt.write_bytes(red_checkpoint.read_bytes())
+    write_threshold(ckpt, 0.3, [1, 2, 0.5], {"split": "val"})
+    write_threshold(ckpt, 0.6, [1, 0.5], {"split": "val"})
+    sizes = {"small": (150, 190), "large": (170, 200)}
+    for name, (height, width) in sizes.items():
+        photo = np.full((height, width, 3), 90, np.uint8)
+        photo[40:43, 10:170, 0] = 255  # a thin red crack
+        write_image(tmp_path / "in" / f"{name}.png", photo)
+    out = tmp_path / "out"
+    cfg = _predict_cfg(ckpt=str(ckpt), input=str(tmp_path / "in"), output=str(out), tile=32, upscale_below_px=160,
+                       measure=False)
+    assert predict(cfg) == 0
+    rows = {r["photo"].split("/")[-1]: r for r in csv.DictReader((out / "summary.csv").open())}
+    assert int(rows["small.png"]["tiles"]) == count_tiles(150, 190, 32, 0.25, [1, 2, 0.5])
+    assert int(rows["large.png"]["tiles"]) == count_tiles(170, 200, 32, 0.25, [1, 0.5])
+    assert {name: read_contours_head(out / f"{name}_contours.json")["threshold"] for name in sizes} == {
+        "small": 0.3, "large": 0.6}
+    assert predict(cfg) == 0  # each photo's saved mask is at its own threshold: both skipped
+    assert all(r["status"] == "skipped" for r in csv.DictReader((out / "summary.csv").open()))
+    cfg.upscale_below_px = None  # every photo at every scale: the large one at 0.3 now
+    assert predict(cfg) == 0
+    rows = {r["photo"].split("/")[-1]: r for r in csv.DictReader((out / "summary.csv").open())}
+    assert rows["small.png"]["status"] == "skipped" and rows["large.png"]["status"] == "ok"
+    assert read_contours_head(out / "large_contours.json")["threshold"] == 0.3
 
 
 def test_batch_writes_outputs_reports_bad_photos_and_resumes(checkpoint, tiny_dataset, tmp_path):

@@ -4,6 +4,7 @@ CPU (a file written by export.py, or a checkpoint exported once into a cache, in
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from crackseg.inference.predictor import Predictor
 from crackseg.inference.quantize import cached_int8, calibration_path, cpu_has_vnni
 from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.models.nets import CrackSegNet
-from crackseg.models.thresholds import resolve_threshold
+from crackseg.models.thresholds import key_scales, resolve_threshold, scales_key
 from crackseg.options import OptionError, check_tile_scales
 
 log = logging.getLogger(__name__)
@@ -89,15 +90,31 @@ def resolve_device(device: str) -> torch.device:
     return chosen
 
 
-def predictor_from_config(cfg: DictConfig, cascade: bool = False) -> tuple[Predictor, float]:
-    """The predictor of the inference options (conf/inference/default.yaml) and its threshold
-    (given, else chosen on validation data at these scales, else the trained one); ``cascade``
-    skips the tiles that cannot change the mask at that threshold."""
+def predictor_from_config(cfg: DictConfig) -> tuple[Predictor, PhotoThresholds]:
+    """The predictor of the inference options (conf/inference/default.yaml) and each photo's
+    threshold: given, else the one chosen on validation data at the scales it is predicted at, else
+    the trained one."""
     model = load_for_prediction(cfg.ckpt, cfg.backend, cfg.device, cfg.precision, cfg.compile, cfg.onnx_cache)
-    threshold = resolve_threshold(cfg.ckpt, model.threshold, cfg.threshold, cfg.scales, getattr(model, "thresholds", None))
     tile = int(cfg.tile if cfg.tile is not None else model.tile)
     check_tile_scales(tile, cfg.scales, "" if cfg.tile is not None else f" of {cfg.ckpt}")
     precision = None if cfg.precision == "auto" else cfg.precision  # None: the model's own (ONNX), or fp32
     predictor = Predictor(model, cfg.scales, tile, cfg.overlap, cfg.batch_size, cfg.blend, precision, cfg.compile,
-                          cascade_threshold=threshold if cascade else None)
-    return predictor, threshold
+                          cfg.upscale_below_px)
+    embedded = getattr(model, "thresholds", None)
+    return predictor, PhotoThresholds(
+        predictor, lambda scales: resolve_threshold(cfg.ckpt, model.threshold, cfg.threshold, scales, embedded))
+
+
+class PhotoThresholds:
+    """A photo's threshold: that of the scales ``predictor`` predicts a photo of its size at, resolved
+    once per scale set when a photo first needs it (a warning about a missing one names a set in use)."""
+
+    def __init__(self, predictor: Predictor, resolve: Callable[[list[float]], float]):
+        self.predictor, self._resolve = predictor, resolve
+        self.used: dict[str, float] = {}  # by scales key
+
+    def __call__(self, height: int, width: int) -> float:
+        key = scales_key(self.predictor.scales_for(height, width))
+        if key not in self.used:
+            self.used[key] = self._resolve(key_scales(key))
+        return self.used[key]

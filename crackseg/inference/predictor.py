@@ -29,8 +29,8 @@ class CrackModel(Protocol):
 class Predictor:
     """Crack probability ``(H, W)`` float32 of an RGB ``uint8`` photo: the mean over ``scales``
     of gaussian-blended sliding-window predictions, each brought back to source resolution.
-    ``cascade_threshold``: skip the tiles that cannot change ``prob >= threshold`` (exact; the
-    probability is then exact only where it can reach the threshold, see ``sliding_window``).
+    ``upscale_below_px``: a photo whose shorter side has at least that many pixels is predicted at
+    the scales up to 1 only (:meth:`scales_for`; None: every photo at every scale).
     ``precision``: autocast for a PyTorch model (default fp32); an exported (ONNX) model runs in
     its own precision (fp32 or int8), uncompiled, on full batches (one input shape)."""
 
@@ -44,7 +44,7 @@ class Predictor:
         blend: str = "gaussian",
         precision: str | None = None,
         compile: bool = False,
-        cascade_threshold: float | None = None,
+        upscale_below_px: int | None = None,
     ):
         self.exported = not isinstance(model, nn.Module)
         precision = precision or (model.precision if self.exported else "fp32")
@@ -56,7 +56,7 @@ class Predictor:
         self.device = model.device
         self.scales, self.tile, self.overlap = list(scales), tile, overlap
         self.batch_size, self.blend, self.precision = batch_size, blend, precision
-        self.cascade_threshold = cascade_threshold
+        self.upscale_below_px = upscale_below_px
         # one input shape where a new shape costs: compiling, ONNX Runtime, cuDNN's kernel choice
         self.full_batches = compile or self.exported or self.device.type == "cuda"
         self._forward = model
@@ -73,14 +73,23 @@ class Predictor:
         with self._autocast():
             return self._forward(tiles).float()
 
+    def scales_for(self, height: int, width: int) -> list[float]:
+        """The scales a photo of this size is predicted at: without those above 1 when its shorter
+        side reaches ``upscale_below_px`` (unless no other scale is left)."""
+        if self.upscale_below_px is None or min(height, width) < self.upscale_below_px:
+            return self.scales
+        return [s for s in self.scales if s <= 1] or self.scales
+
     def tiles_for(self, height: int, width: int) -> int:
-        """How many tiles a photo of this size costs over all scales (for progress bars)."""
-        return count_tiles(height, width, self.tile, self.overlap, self.scales)
+        """How many tiles a photo of this size costs over its scales (for progress bars)."""
+        return count_tiles(height, width, self.tile, self.overlap, self.scales_for(height, width))
 
     @torch.no_grad()
     def __call__(self, photo: np.ndarray, progress: Callable[[int], None] | None = None,
-                 counts: TileCounts | None = None) -> np.ndarray:
+                 counts: TileCounts | None = None, cascade_threshold: float | None = None) -> np.ndarray:
+        """``cascade_threshold``: skip the tiles that cannot change ``prob >= threshold`` (exact; the
+        probability is then exact only where it can reach the threshold, see ``sliding_window``)."""
         image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).to(self.device)
-        prob = sliding_window(image, self._predict_tiles, self.tile, self.overlap, self.batch_size,
-                              self.blend, self.scales, progress, self.full_batches, self.cascade_threshold, counts)
+        prob = sliding_window(image, self._predict_tiles, self.tile, self.overlap, self.batch_size, self.blend,
+                              self.scales_for(*photo.shape[:2]), progress, self.full_batches, cascade_threshold, counts)
         return prob[0].cpu().numpy()

@@ -14,15 +14,15 @@ from tqdm import tqdm
 from crackseg.data.folder import distractor_mask, split_sources
 from crackseg import metrics
 from crackseg.inference.backends import predictor_from_config
-from crackseg.models.thresholds import write_threshold
+from crackseg.models.thresholds import key_scales, scales_key, write_threshold
 from crackseg.io import atomic_write, atomic_write_bytes, read_pair, write_csv
 from crackseg.measure import JointRule, take_joints
 from crackseg.options import check_inference_options
 
 log = logging.getLogger(__name__)
 
-PHOTO_FIELDS = ["photo", "source", "width", "height", "crack_px", "pred_px", "dice", "iou", "precision", "recall",
-                "f1_tol", "best_threshold", "best_f1", "joint_px", "distractor_fp_px", "seconds"]
+PHOTO_FIELDS = ["photo", "source", "width", "height", "scales", "crack_px", "pred_px", "dice", "iou", "precision",
+                "recall", "f1_tol", "best_threshold", "best_f1", "joint_px", "distractor_fp_px", "seconds"]
 
 
 def _data_name(data: DictConfig) -> str:
@@ -38,7 +38,7 @@ def _plot_pr_curve(path: Path, precision: np.ndarray, recall: np.ndarray, points
 
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     ax.plot(recall, precision, lw=2)
-    for (label, level), colour in zip(points.items(), ("red", "black")):
+    for (label, level), colour in zip(points.items(), ("red", "black", "green", "orange")):
         ax.plot(recall[level], precision[level], "o", color=colour, label=f"{label} ({level / metrics.LEVELS:.3f})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01), title=title)
     ax.grid(alpha=0.3)
@@ -47,26 +47,42 @@ def _plot_pr_curve(path: Path, precision: np.ndarray, recall: np.ndarray, points
     plt.close(fig)
 
 
+def _choose(histograms_by_dataset: dict[str, list[np.ndarray]], rule: str) -> dict:
+    """The threshold ``rule`` chooses on these photos (one scale set's), and their pooled figures there."""
+    pooled = [h for hists in histograms_by_dataset.values() for h in hists]
+    ods_f1, ods_threshold, _ = metrics.ods(pooled)
+    score, threshold = ((ods_f1, ods_threshold) if rule == "pooled"
+                        else metrics.dataset_mean(list(histograms_by_dataset.values())))
+    counts = metrics.counts_at(pooled, threshold)
+    return {"rule": rule, "threshold": threshold, "score": round(score, 4), "dice": round(counts.dice, 4),
+            "precision": round(counts.precision, 4), "recall": round(counts.recall, 4), "ods": round(ods_f1, 4),
+            "photos": len(pooled)}
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """Predict every photo of the split, stream the metrics, write the reports into
     ``cfg.output``; returns the pooled results. At the threshold used, the mask is scored as
     predict.py writes it: without the instances the joint rule takes for joints (unless
     ``keep_joints``); the threshold sweep (ODS, OIS, PR curve, the threshold chosen and its counts)
     scores the probabilities, before the rule (measuring every threshold's mask would cost 256
-    measurements)."""
+    measurements). Each photo is predicted at the scales of its size (``upscale_below_px``), at
+    their threshold; a threshold is chosen for each scale set on the photos predicted at it."""
     check_inference_options(cfg)
     by_source = split_sources(cfg.data, cfg.data.split)
     pairs = [(name, *pair) for name, source_pairs in by_source.items() for pair in source_pairs]
     if not pairs:
         raise FileNotFoundError(f"no photos in split {cfg.data.split!r} of {_data_name(cfg.data)}")
-    predictor, threshold = predictor_from_config(cfg)
+    predictor, thresholds = predictor_from_config(cfg)
     output = Path(cfg.output)
-    log.info("%d photo(s) of %s/%s on %s (%s), scales %s, threshold %.3f", len(pairs), _data_name(cfg.data), cfg.data.split,
-             predictor.device, type(predictor.model).__name__, list(cfg.scales), threshold)
+    log.info("%d photo(s) of %s/%s on %s (%s), scales %s (those above 1 on photos whose shorter side is under %s px)",
+             len(pairs), _data_name(cfg.data), cfg.data.split, predictor.device, type(predictor.model).__name__,
+             list(cfg.scales), cfg.upscale_below_px or "any")
 
     exact, tolerant, histograms, rows = metrics.Counts(), metrics.ToleranceCounts(), [], []
     source_counts = {name: metrics.Counts() for name in by_source}
     source_histograms: dict[str, list[np.ndarray]] = {name: [] for name in by_source}
+    # per scale set (a photo's depends on its size), per dataset: each scale set's threshold is chosen on its photos
+    scale_set_histograms: dict[str, dict[str, list[np.ndarray]]] = {}
     distractor_fp, distractor_mp = 0, 0.0
     rule = None if cfg.keep_joints or cfg.joint_rule is None else JointRule(**cfg.joint_rule)
     joint_px = joint_crack_px = 0
@@ -75,8 +91,9 @@ def evaluate(cfg: DictConfig) -> dict:
         started = time.perf_counter()
         photo, truth = read_pair(photo_path, mask_path)
         truth = truth.astype(bool)
+        key = scales_key(predictor.scales_for(*photo.shape[:2]))
         prob = predictor(photo)
-        pred = prob >= threshold
+        pred = prob >= thresholds(*photo.shape[:2])
         taken = None if rule is None else take_joints(pred, rule)
         counts = metrics.confusion(pred, truth)
         tol = metrics.tolerance_counts(pred, truth, cfg.tolerance)
@@ -86,7 +103,9 @@ def evaluate(cfg: DictConfig) -> dict:
         histograms.append(hist)
         source_counts[source] += counts
         source_histograms[source].append(hist)
+        scale_set_histograms.setdefault(key, {}).setdefault(source, []).append(hist)
         row = {"photo": str(photo_path), "source": source, "width": photo.shape[1], "height": photo.shape[0],
+               "scales": key,
                "crack_px": counts.tp + counts.fn, "pred_px": counts.tp + counts.fp, "dice": counts.dice,
                "iou": counts.iou, "precision": counts.precision, "recall": counts.recall, "f1_tol": tol.f1,
                "best_threshold": best_threshold, "best_f1": best_f1}
@@ -111,7 +130,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "dice": exact.dice, "iou": exact.iou, "precision": exact.precision, "recall": exact.recall,
         f"f1_{cfg.tolerance:g}px": tolerant.f1, f"precision_{cfg.tolerance:g}px": tolerant.precision,
         f"recall_{cfg.tolerance:g}px": tolerant.recall, "ods": ods_f1, "ods_threshold": ods_threshold,
-        "ois": ois_f1, "threshold": threshold, "photos": len(rows),
+        "ois": ois_f1, "thresholds": thresholds.used, "photos": len(rows),
         # taken out of the mask at the threshold, and of them labelled crack (null: no joint rule)
         "joints": None if rule is None else {"px": joint_px, "crack_px": joint_crack_px},
         "leaderboard": {k: round(v, 4) for k, v in metrics.leaderboard(histograms).items()},
@@ -119,12 +138,8 @@ def evaluate(cfg: DictConfig) -> dict:
     }
     if distractor_mp:
         result["distractor_fp_px_per_mp"] = distractor_fp / distractor_mp
-    chosen_f1, chosen_threshold = ((ods_f1, ods_threshold) if cfg.threshold_rule == "pooled"
-                                   else metrics.dataset_mean(list(source_histograms.values())))
-    chosen = metrics.counts_at(histograms, chosen_threshold)
-    result["chosen"] = {"rule": cfg.threshold_rule, "threshold": chosen_threshold, "score": round(chosen_f1, 4),
-                        "dice": round(chosen.dice, 4), "precision": round(chosen.precision, 4),
-                        "recall": round(chosen.recall, 4)}
+    result["chosen"] = {key: _choose(by_dataset, cfg.threshold_rule)
+                        for key, by_dataset in scale_set_histograms.items()}
     source_curves = {}  # each dataset's PR curve, for threshold choices other than the pooled one
     if len(by_source) > 1:  # each dataset at the threshold used, and at its own best (ODS)
         result["sources"] = {}
@@ -151,16 +166,21 @@ def evaluate(cfg: DictConfig) -> dict:
               ({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows))
     _plot_pr_curve(output / "pr_curve.png", precision_curve, recall_curve,
                    {"ODS": int(round(ods_threshold * metrics.LEVELS)),
-                    cfg.threshold_rule: int(round(chosen_threshold * metrics.LEVELS))},
+                    **{f"{cfg.threshold_rule} [{key}]": int(round(c["threshold"] * metrics.LEVELS))
+                       for key, c in result["chosen"].items()}},
                    f"{Path(_data_name(cfg.data)).name} {cfg.data.split}")
-    log.info("threshold rule %s chooses %.4f (pooled Dice there %.4f; pooled ODS %.4f at %.4f)", cfg.threshold_rule,
-             chosen_threshold, chosen.dice, result["ods"], ods_threshold)
-    if cfg.save_threshold and cfg.data.split == cfg.data.val_split:
-        path = write_threshold(cfg.ckpt, chosen_threshold, cfg.scales,
-                               {"rule": cfg.threshold_rule, "dice": result["chosen"]["dice"], "ods": result["ods"],
-                                "split": result["split"], "photos": len(rows), "precision": predictor.precision},
-                               replace=cfg.save_threshold == "replace")
-        if path:
-            log.info("stored the threshold %.4f for predict.py and later evaluations: %s", chosen_threshold, path)
+    log.info("pooled ODS %.4f at %.4f", result["ods"], ods_threshold)
+    for key, chosen in result["chosen"].items():
+        log.info("scales [%s], %d photo(s): threshold rule %s chooses %.4f (their pooled Dice there %.4f)", key,
+                 chosen["photos"], cfg.threshold_rule, chosen["threshold"], chosen["dice"])
+        if cfg.save_threshold and cfg.data.split == cfg.data.val_split:
+            path = write_threshold(cfg.ckpt, chosen["threshold"], key_scales(key),
+                                   {"rule": cfg.threshold_rule, "dice": chosen["dice"], "ods": chosen["ods"],
+                                    "split": result["split"], "photos": chosen["photos"],
+                                    "precision": predictor.precision},
+                                   replace=cfg.save_threshold == "replace")
+            if path:
+                log.info("stored the threshold %.4f at scales [%s] for predict.py and later evaluations: %s",
+                         chosen["threshold"], key, path)
     log.info("report: %s", output / "report.json")
     return result

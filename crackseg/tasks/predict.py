@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from crackseg.campaign import CampaignPhoto, find_photos, shard
-from crackseg.inference.backends import predictor_from_config
+from crackseg.inference.backends import PhotoThresholds, predictor_from_config
 from crackseg.inference.predictor import Predictor
 from crackseg.tiling import TileCounts
 from crackseg.io import (
@@ -69,18 +70,19 @@ def predict(cfg: DictConfig) -> int:
     photos = find_photos(str(cfg.input), output_dir, cfg.recursive)
     campaign_size, photos = len(photos), shard(photos, cfg.shard.index, cfg.shard.count)
     settings = measure_settings(cfg)
-    predictor, threshold = predictor_from_config(cfg, cascade=cfg.cascade)
+    predictor, thresholds = predictor_from_config(cfg)
     for folder in sorted({output_dir} | {photo.output_dir(output_dir) for photo in photos}):
         for path in remove_stale_temp_files(folder):
             log.info("removed %s, left by a run killed while writing", path)
     in_shard = f" (shard {cfg.shard.index} of {cfg.shard.count}: {campaign_size} in all)" if cfg.shard.count > 1 else ""
-    log.info("%d photo(s)%s -> %s on %s (%s), scales %s, tile %d, threshold %.3f", len(photos), in_shard, output_dir,
-             predictor.device, type(predictor.model).__name__, list(cfg.scales), predictor.tile, threshold)
+    log.info("%d photo(s)%s -> %s on %s (%s), scales %s%s, tile %d", len(photos), in_shard, output_dir,
+             predictor.device, type(predictor.model).__name__, list(cfg.scales), _upscaled_below(cfg), predictor.tile)
 
     writers = _writers(cfg.pipeline, cfg.writers, predictor.device)
-    rows = _predict_photos(photos, output_dir, cfg, predictor, threshold, settings, writers)
+    rows = _predict_photos(photos, output_dir, cfg, predictor, thresholds, settings, writers)
+    log.info("thresholds by scales: %s", {k: round(t, 4) for k, t in thresholds.used.items()})
     failed = sum(r["status"] == "failed" for r in rows)
-    photos_in_summary = publish(output_dir, rows, _report_settings(cfg, predictor, threshold, settings),
+    photos_in_summary = publish(output_dir, rows, _report_settings(cfg, predictor, thresholds, settings),
                                 cfg.measure, cfg.shard.index, cfg.shard.count)
     log.info("done: %d ok, %d skipped, %d failed; summary of %d photo(s): %s", sum(r["status"] == "ok" for r in rows),
              sum(r["status"] == "skipped" for r in rows), failed, photos_in_summary, output_dir / "summary.csv")
@@ -105,6 +107,7 @@ class _PhotoJob:
     resplit: bool = False  # ...and split its joints again: they were told by another rule (or kept)
     saved: dict | None = None  # the head of its saved _contours.json (size, threshold, count, joints, source), once read
     fingerprint: dict | None = None  # of the photo file its mask is made of (taken before it is read)
+    threshold: float | None = None  # of the scales it is predicted at (they depend on its size), once read
     photo: np.ndarray | None = None
     prob: np.ndarray | None = None
     mask: np.ndarray | None = None
@@ -126,7 +129,7 @@ def _writers(pipeline, writers, device) -> int:
 
 
 def _predict_photos(photos: list[CampaignPhoto], output_dir: Path, cfg: DictConfig, predictor: Predictor,
-                    threshold: float, settings: dict, writers: int) -> list[dict]:
+                    threshold_at: PhotoThresholds, settings: dict, writers: int) -> list[dict]:
     """Every photo's summary row, in order. Pipelined (``writers`` > 0), photo k+1 is read (a reader
     thread) while the model predicts photo k and up to ``writers`` earlier photos are written and
     measured (writer processes, each fed by a thread): at most ``writers`` + 2 photos in this
@@ -136,17 +139,17 @@ def _predict_photos(photos: list[CampaignPhoto], output_dir: Path, cfg: DictConf
 
     def jobs():
         for photo in tqdm(photos, desc="photos", unit="photo", disable=len(photos) <= 1):
-            started.append(_start(photo, output_dir, cfg, settings, threshold))
+            started.append(_start(photo, output_dir, cfg, settings, threshold_at))
             yield started[-1]
 
     def load(job: _PhotoJob) -> _PhotoJob:
         return _stage(job, lambda j: _read(j, cfg.max_megapixels))
 
     def compute(job: _PhotoJob) -> _PhotoJob:
-        return _stage(job, lambda j: _predict_one(j, predictor, threshold))
+        return _stage(job, lambda j: _predict_one(j, predictor, threshold_at(*j.photo.shape[:2]), cfg.cascade))
 
     def finish(job: _PhotoJob, processes: WriterProcesses | None = None) -> dict:
-        _stage(job, lambda j: _write(j, cfg, threshold, settings, processes))
+        _stage(job, lambda j: _write(j, cfg, settings, processes))
         job.claim.close()
         job.photo = job.prob = job.mask = None
         return job.row | ({"seconds": round(job.seconds, 2)} if job.row["status"] != "skipped" else {})
@@ -180,21 +183,23 @@ def _submit_next(executor: ThreadPoolExecutor, fn, queue) -> Future | None:
     return None if job is None else executor.submit(fn, job)
 
 
-def _start(source: CampaignPhoto, output_dir: Path, cfg: DictConfig, settings: dict, threshold: float) -> _PhotoJob:
+def _start(source: CampaignPhoto, output_dir: Path, cfg: DictConfig, settings: dict,
+           threshold_at: Callable[[int, int], float]) -> _PhotoJob:
     """Claim the photo (parallel runs share the photos) and decide what is left to do for it."""
     folder = source.output_dir(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     paths = output_paths(folder, source.stem, cfg.save_prob, cfg.measure, joints=True)  # joints: written when any
     job = _PhotoJob(source, paths, {"photo": source.key})
     if job.claim.enter_context(claimed(folder / f".{source.stem}.lock")):
-        return _stage(job, lambda j: _plan(j, cfg, settings, threshold))
+        return _stage(job, lambda j: _plan(j, cfg, settings, threshold_at))
     job.row |= {"status": "skipped", "detail": CLAIMED_ELSEWHERE}
     job.done = True
     return job
 
 
-def _plan(job: _PhotoJob, cfg: DictConfig, settings: dict, threshold: float) -> None:
-    """Skip a photo whose outputs all exist at this threshold; re-measure one whose measurement is
+def _plan(job: _PhotoJob, cfg: DictConfig, settings: dict, threshold_at: Callable[[int, int], float]) -> None:
+    """Skip a photo whose outputs all exist at its threshold (``threshold_at(height, width)``: of
+    the scales a photo of its saved size is predicted at); re-measure one whose measurement is
     missing or stale; split again one whose mask left out other joints (its saved mask and joints
     are the thresholded prediction: no need to predict it again); predict again one whose mask was
     made at another threshold or of a photo file that has changed since."""
@@ -209,7 +214,7 @@ def _plan(job: _PhotoJob, cfg: DictConfig, settings: dict, threshold: float) -> 
         if recorded is not None and job.saved["source"] is None:
             log.info("%s: predicted again (the photo file changed since its outputs were made)", job.source.path)
             job.remeasure = False
-        elif job.saved["threshold"] != threshold:
+        elif job.saved["threshold"] != (threshold := threshold_at(job.saved["height"], job.saved["width"])):
             log.info("%s: predicted again (its saved mask was made at threshold %.4f, this run's is %.4f)",
                      job.source.path, job.saved["threshold"], threshold)
             job.remeasure = False
@@ -282,24 +287,28 @@ def _read(job: _PhotoJob, max_megapixels: float) -> None:
             job.mask |= read_mask(job.paths["joints"], job.photo.shape[:2])
 
 
-def _predict_one(job: _PhotoJob, predictor: Predictor, threshold: float) -> None:
+def _predict_one(job: _PhotoJob, predictor: Predictor, threshold: float, cascade: bool) -> None:
+    """The photo's probability and mask at ``threshold`` (its scales'); ``cascade``: skip the tiles
+    that cannot change the mask. A photo whose saved mask is kept keeps it (made at that threshold)."""
+    job.threshold = threshold
     if job.remeasure:
         return
     height, width = job.photo.shape[:2]
     counts = TileCounts()
     with tqdm(total=predictor.tiles_for(height, width), desc=job.source.path.name, unit="tile", leave=False) as bar:
-        job.prob = predictor(job.photo, progress=bar.update, counts=counts)
+        job.prob = predictor(job.photo, progress=bar.update, counts=counts,
+                             cascade_threshold=threshold if cascade else None)
     job.row |= {"tiles": counts.computed + counts.skipped, "tiles_skipped": counts.skipped}
     job.mask = job.prob >= threshold
 
 
-def _write(job: _PhotoJob, cfg: DictConfig, threshold: float, settings: dict,
-           processes: WriterProcesses | None = None) -> None:
+def _write(job: _PhotoJob, cfg: DictConfig, settings: dict, processes: WriterProcesses | None = None) -> None:
     """The photo's outputs and measurement (:func:`write_outputs`), in ``processes`` when given."""
     paths = {k: p for k, p in job.paths.items() if k != "prob"} if job.resplit else job.paths  # its _prob.png stays
     task = WriteTask(paths, job.source.stem, job.photo,
                      probability_image(job.prob) if "prob" in paths and job.prob is not None else None,
-                     job.mask, not job.remeasure or job.resplit, threshold, settings, cfg.measure, dropped_joints(cfg),
+                     job.mask, not job.remeasure or job.resplit, job.threshold, settings, cfg.measure,
+                     dropped_joints(cfg),
                      job.fingerprint)
     job.prob = None  # freed now: the task holds the 8-bit image, a quarter of the float map, until written
     job.row.update(processes.write_outputs(task) if processes else write_outputs(task))
@@ -313,7 +322,15 @@ def _measured(paths: dict[str, Path], settings: dict) -> dict | None:
     return document if document and document.get("settings") == settings else None
 
 
-def _report_settings(cfg: DictConfig, predictor: Predictor, threshold: float, settings: dict) -> dict:
-    return {"checkpoint": cfg.ckpt, "input": cfg.input, "output": cfg.output, "scales": list(cfg.scales), "cascade": cfg.cascade,
-            "tile": predictor.tile, "overlap": cfg.overlap, "blend": cfg.blend, "threshold": threshold,
+def _upscaled_below(cfg: DictConfig) -> str:
+    """For the log: which photos are predicted at the scales above 1."""
+    if cfg.upscale_below_px is None:
+        return ""
+    return f" (those above 1 only on photos whose shorter side is under {cfg.upscale_below_px} px)"
+
+
+def _report_settings(cfg: DictConfig, predictor: Predictor, thresholds: PhotoThresholds, settings: dict) -> dict:
+    return {"checkpoint": cfg.ckpt, "input": cfg.input, "output": cfg.output, "scales": list(cfg.scales),
+            "upscale_below_px": cfg.upscale_below_px, "cascade": cfg.cascade, "tile": predictor.tile,
+            "overlap": cfg.overlap, "blend": cfg.blend, "thresholds": thresholds.used,
             "device": cfg.device, "precision": predictor.precision, "keep_joints": cfg.keep_joints, **settings}
