@@ -77,7 +77,7 @@ def check_inference_options(cfg: DictConfig) -> None:
     if cfg.tile is not None:
         check_tile("tile", cfg.tile)
         check_tile_scales(cfg.tile, scales)
-    if cfg.get("upscale_below_px") is not None:
+    if cfg.upscale_below_px is not None:
         _number("upscale_below_px", cfg.upscale_below_px, 1, integer=True)
     if cfg.threshold is not None:
         _number("threshold", cfg.threshold, 0, 1)

@@ -99,7 +99,7 @@ def test_val_evaluation_stores_the_ods_threshold_for_prediction(red_checkpoint, 
     assert read_thresholds(ckpt) == {
         "1": stored, "1,2": {"threshold": ms["ods_threshold"], "scales": [1.0, 2.0], "rule": "dataset_mean",
                              "dice": ms["chosen"]["1,2"]["dice"], "ods": ms["ods"], "split": ms["split"], "photos": 2,
-                             "precision": "fp32", "model_sha256": [file_digest(ckpt)]}}
+                             "upscale_below_px": 768, "precision": "fp32", "model_sha256": [file_digest(ckpt)]}}
     assert resolve_threshold(ckpt, trained, None, [1, 2]) == ms["ods_threshold"]
     assert resolve_threshold(ckpt, trained, 0.25, [1, 2]) == 0.25
 
@@ -217,6 +217,9 @@ def test_each_scale_set_gets_its_threshold_chosen_on_the_photos_predicted_at_it(
     again = evaluate(_cfg(ckpt, tmp_path / "data", tmp_path / "again", "scales=[1,2]", "upscale_below_px=48",
                           "save_threshold=false"))
     assert again["thresholds"] == {k: c["threshold"] for k, c in result["chosen"].items()} and again["dice"] == 1
+    # chosen on the small photos only, 1,2's threshold is not replaced by one chosen on every photo
+    evaluate(_cfg(ckpt, tmp_path / "data", tmp_path / "all", "scales=[1,2]", "upscale_below_px=null"))
+    assert read_thresholds(ckpt) == stored
 
 
 def test_threshold_files_of_the_older_one_threshold_layout_still_apply(tmp_path):
@@ -285,7 +288,8 @@ def test_a_threshold_chosen_on_other_data_is_kept_unless_replaced(tmp_path, capl
     assert write_threshold(model, 0.38, [1], {"split": "general:val"}) == threshold_path(model)
     with caplog.at_level(logging.WARNING, logger="crackseg.models.thresholds"):
         assert write_threshold(model, 0.9, [1, 2, 0.5], {"split": "synthetic:val"}) is None
-    assert "kept the threshold 0.3800 chosen on general:val (rule pooled) at scales [1,2,0.5]" in caplog.text
+    assert "kept the threshold 0.3800 chosen on general:val (rule pooled, upscale_below_px None) at scales [1,2,0.5]" \
+        in caplog.text
     assert resolve_threshold(model, 0.5, None, [1, 2, 0.5]) == 0.38
     write_threshold(model, 0.4, [1, 2, 0.5], {"split": "general:val"})  # the same data again: replaced
     assert resolve_threshold(model, 0.5, None, [1, 2, 0.5]) == 0.4
@@ -294,6 +298,8 @@ def test_a_threshold_chosen_on_other_data_is_kept_unless_replaced(tmp_path, capl
     # the same data chosen by another rule is kept too (an entry without a rule was chosen by pooled)
     assert write_threshold(model, 0.3, [1], {"split": "general:val", "rule": "dataset_mean"}) is None
     assert write_threshold(model, 0.3, [1], {"split": "general:val", "rule": "pooled"}) == threshold_path(model)
+    # ...and so is one chosen on other photos of the split (those upscale_below_px gives each scale set)
+    assert write_threshold(model, 0.2, [1], {"split": "general:val", "upscale_below_px": 768}) is None
 
 
 def test_the_mask_is_scored_without_the_joints_predict_leaves_out(red_checkpoint, tmp_path):

@@ -14,7 +14,7 @@ import torch
 
 from crackseg.inference.predictor import Predictor
 from crackseg.models.checkpoints import CheckpointError, load_model
-from crackseg.models.thresholds import write_threshold
+from crackseg.models.thresholds import ThresholdFileError, threshold_path, write_threshold
 from crackseg.tiling import count_tiles
 from crackseg.io import ImageReadError, file_digest, read_mask, write_image
 from crackseg.models.module import CrackSegModule
@@ -90,6 +90,7 @@ def test_each_photo_is_predicted_at_its_sizes_scales_and_their_threshold(red_che
     rows = {r["photo"].split("/")[-1]: r for r in csv.DictReader((out / "summary.csv").open())}
     assert int(rows["small.png"]["tiles"]) == count_tiles(150, 190, 32, 0.25, [1, 2, 0.5])
     assert int(rows["large.png"]["tiles"]) == count_tiles(170, 200, 32, 0.25, [1, 0.5])
+    assert (rows["small.png"]["threshold"], rows["large.png"]["threshold"]) == ("0.3", "0.6")  # summary.csv says
     assert {name: read_contours_head(out / f"{name}_contours.json")["threshold"] for name in sizes} == {
         "small": 0.3, "large": 0.6}
     assert predict(cfg) == 0  # each photo's saved mask is at its own threshold: both skipped
@@ -99,6 +100,9 @@ def test_each_photo_is_predicted_at_its_sizes_scales_and_their_threshold(red_che
     rows = {r["photo"].split("/")[-1]: r for r in csv.DictReader((out / "summary.csv").open())}
     assert rows["small.png"]["status"] == "skipped" and rows["large.png"]["status"] == "ok"
     assert read_contours_head(out / "large_contours.json")["threshold"] == 0.3
+    threshold_path(ckpt).write_text("{not json")  # one clear error before any photo, not a failure per photo
+    with pytest.raises(ThresholdFileError, match="unreadable threshold file"):
+        predict(cfg)
 
 
 def test_batch_writes_outputs_reports_bad_photos_and_resumes(checkpoint, tiny_dataset, tmp_path):
@@ -486,7 +490,8 @@ def test_a_saved_prediction_is_summarised_from_the_head_of_its_contours_file(tmp
     mask[10:20, 5:45] = mask[30:45, 60:63] = 1
     paths = output_paths(tmp_path, "p")
     write_photo_outputs(paths, np.zeros((50, 80, 3), np.uint8), mask * 255, mask.astype(bool), 0.5)
-    expected = {"width": 80, "height": 50, "crack_pixels": 445, "crack_fraction": round(445 / 4000, 6), "contours": 2}
+    expected = {"width": 80, "height": 50, "threshold": 0.5, "crack_pixels": 445, "crack_fraction": round(445 / 4000, 6),
+                "contours": 2}
     assert saved_prediction_fields(paths) == expected
     assert json.loads(paths["contours"].read_text())["count"] == 2
     document = json.loads(paths["contours"].read_text())

@@ -24,7 +24,7 @@ def test_the_shipped_model_is_small_loads_and_carries_a_threshold_per_scale_set(
     model = load_model(SHIPPED)
     assert model.tile == 256
     thresholds = read_thresholds(SHIPPED)
-    assert set(thresholds) == {"1", "1,2,0.5"} and all(0 < e["threshold"] < 1 for e in thresholds.values())
+    assert set(thresholds) == {"1", "1,2,0.5", "1,0.5"} and all(0 < e["threshold"] < 1 for e in thresholds.values())
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         for command in ("predict", "evaluate"):
             assert compose(command, overrides=["input=x"] if command == "predict" else []).ckpt == str(SHIPPED)

@@ -15,7 +15,7 @@ from crackseg.inference.predictor import Predictor
 from crackseg.inference.quantize import cached_int8, calibration_path, cpu_has_vnni
 from crackseg.models.checkpoints import CheckpointError, load_model
 from crackseg.models.nets import CrackSegNet
-from crackseg.models.thresholds import key_scales, resolve_threshold, scales_key
+from crackseg.models.thresholds import key_scales, read_thresholds, resolve_threshold, scales_key
 from crackseg.options import OptionError, check_tile_scales
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ def predictor_from_config(cfg: DictConfig) -> tuple[Predictor, PhotoThresholds]:
     precision = None if cfg.precision == "auto" else cfg.precision  # None: the model's own (ONNX), or fp32
     predictor = Predictor(model, cfg.scales, tile, cfg.overlap, cfg.batch_size, cfg.blend, precision, cfg.compile,
                           cfg.upscale_below_px)
+    if cfg.threshold is None:
+        read_thresholds(cfg.ckpt)  # an unreadable file stops the run here, not at each photo
     embedded = getattr(model, "thresholds", None)
     return predictor, PhotoThresholds(
         predictor, lambda scales: resolve_threshold(cfg.ckpt, model.threshold, cfg.threshold, scales, embedded))
@@ -118,3 +120,11 @@ class PhotoThresholds:
         if key not in self.used:
             self.used[key] = self._resolve(key_scales(key))
         return self.used[key]
+
+
+def describe_scales(scales, upscale_below_px: int | None) -> str:
+    """For logs: the scales, and which photos get those above 1."""
+    scales = list(scales)
+    if upscale_below_px is None or all(s <= 1 for s in scales):
+        return str(scales)
+    return f"{scales} (those above 1 only on photos whose shorter side is under {upscale_below_px} px)"

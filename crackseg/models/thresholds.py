@@ -107,11 +107,18 @@ def _digest(model_path: str | Path) -> str | None:
     return file_digest(model_path) if Path(model_path).is_file() else None
 
 
+def _chosen_by(entry: dict) -> tuple:
+    """The split, rule and photo-size rule a threshold was chosen by (defaults: the older entries')."""
+    return entry.get("split"), entry.get("rule", "pooled"), entry.get("upscale_below_px")
+
+
 def write_threshold(model_path: str | Path, threshold: float, scales: Sequence[float], details: dict,
                     replace: bool = False) -> Path | None:
     """Store ``threshold`` for ``scales`` beside ``model_path``, keeping the other scale sets'.
-    One chosen at these scales on another split (``details["split"]``) or by another rule
-    (``details["rule"]``; entries without one were chosen by ``pooled``) is kept unless ``replace``:
+    One chosen at these scales on another split (``details["split"]``), by another rule
+    (``details["rule"]``; entries without one were chosen by ``pooled``) or on other photos of the
+    split (``details["upscale_below_px"]``, which decides the photos of each scale set; entries
+    without one: every photo at every scale) is kept unless ``replace``:
     evaluating a model on other data (say the shipped one on synthetic photos) must not silently
     change the threshold prediction uses. The entry holds the hash of the model file and of the
     files sharing this threshold file with it (a checkpoint and its ONNX export beside it).
@@ -122,11 +129,10 @@ def write_threshold(model_path: str | Path, threshold: float, scales: Sequence[f
         key = find_entry(entries, scales)
         key = scales_key(scales) if key in (None, ANY_SCALES) else key
         kept = entries.get(key)
-        chosen_by = (details.get("split"), details.get("rule", "pooled"))
-        if kept is not None and not replace and (kept.get("split"), kept.get("rule", "pooled")) != chosen_by:
-            log.warning("kept the threshold %.4f chosen on %s (rule %s) at scales [%s] in %s: this one (%.4f) was chosen "
-                        "on %s (rule %s; save_threshold=replace to store it)", kept["threshold"], kept.get("split"),
-                        kept.get("rule", "pooled"), key, path, threshold, *chosen_by)
+        if kept is not None and not replace and _chosen_by(kept) != _chosen_by(details):
+            log.warning("kept the threshold %.4f chosen on %s (rule %s, upscale_below_px %s) at scales [%s] in %s: this "
+                        "one (%.4f) was chosen on %s (rule %s, upscale_below_px %s; save_threshold=replace to store it)",
+                        kept["threshold"], *_chosen_by(kept), key, path, threshold, *_chosen_by(details))
             return None
         entry = {"threshold": float(threshold), "scales": [float(s) for s in scales], **details}
         digest = digest or _digest(model_path)

@@ -17,8 +17,8 @@ from crackseg.io import (
     ImageReadError, atomic_write, json_streamed_head, read_mask, write_csv, write_image, write_json_streamed,
 )
 
-SUMMARY_FIELDS = ["photo", "width", "height", "crack_pixels", "crack_fraction", "contours", "cracks", "total_length",
-                  "max_width", "unit", "joints", "tiles", "tiles_skipped", "seconds", "measure_seconds", "status", "detail"]
+SUMMARY_FIELDS = ["photo", "width", "height", "threshold", "crack_pixels", "crack_fraction", "contours", "cracks",
+                  "total_length", "max_width", "unit", "joints", "tiles", "tiles_skipped", "seconds", "measure_seconds", "status", "detail"]
 MEASUREMENT_OUTPUTS = ("cracks", "geojson", "widths", "thumb")  # written by crackseg.report.crack_outputs
 
 
@@ -132,6 +132,7 @@ def write_photo_outputs(paths: dict[str, Path], photo: np.ndarray, prob_image: n
     return {
         "width": photo.shape[1],
         "height": photo.shape[0],
+        "threshold": threshold,
         "crack_pixels": crack_pixels,
         "crack_fraction": round(crack_pixels / mask.size, 6),
         "contours": len(contours),
@@ -145,7 +146,7 @@ def saved_prediction_fields(paths: dict[str, Path], mask: np.ndarray | None = No
     head = read_contours_head(paths["contours"]) if head is None else head
     mask = read_mask(paths["mask"]) if mask is None else mask
     crack_pixels = int(np.count_nonzero(mask))
-    return {"width": head["width"], "height": head["height"], "crack_pixels": crack_pixels,
+    return {"width": head["width"], "height": head["height"], "threshold": head["threshold"], "crack_pixels": crack_pixels,
             "crack_fraction": round(crack_pixels / mask.size, 6), "contours": head["count"]}
 
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from crackseg.data.folder import distractor_mask, split_sources
 from crackseg import metrics
-from crackseg.inference.backends import predictor_from_config
+from crackseg.inference.backends import describe_scales, predictor_from_config
 from crackseg.models.thresholds import key_scales, scales_key, write_threshold
 from crackseg.io import atomic_write, atomic_write_bytes, read_pair, write_csv
 from crackseg.measure import JointRule, take_joints
@@ -74,9 +74,8 @@ def evaluate(cfg: DictConfig) -> dict:
         raise FileNotFoundError(f"no photos in split {cfg.data.split!r} of {_data_name(cfg.data)}")
     predictor, thresholds = predictor_from_config(cfg)
     output = Path(cfg.output)
-    log.info("%d photo(s) of %s/%s on %s (%s), scales %s (those above 1 on photos whose shorter side is under %s px)",
-             len(pairs), _data_name(cfg.data), cfg.data.split, predictor.device, type(predictor.model).__name__,
-             list(cfg.scales), cfg.upscale_below_px or "any")
+    log.info("%d photo(s) of %s/%s on %s (%s), scales %s", len(pairs), _data_name(cfg.data), cfg.data.split,
+             predictor.device, type(predictor.model).__name__, describe_scales(cfg.scales, cfg.upscale_below_px))
 
     exact, tolerant, histograms, rows = metrics.Counts(), metrics.ToleranceCounts(), [], []
     source_counts = {name: metrics.Counts() for name in by_source}
@@ -154,7 +153,7 @@ def evaluate(cfg: DictConfig) -> dict:
                     "ods_threshold": best, **({} if rule is None else {"joint_px": source_joint_px[name]})}
     result = {k: round(v, 4) if isinstance(v, float) and "threshold" not in k else v for k, v in result.items()}
 
-    options = ("overlap", "blend", "batch_size", "tolerance", "backend", "device", "compile", "keep_joints", "joint_rule")
+    options = ("upscale_below_px", "overlap", "blend", "batch_size", "tolerance", "backend", "device", "compile", "keep_joints", "joint_rule")
     settings = {"tile": predictor.tile, "precision": predictor.precision, **{k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in options}}
     report = {**result, "settings": settings,
               "pr_curve": {"threshold": metrics.THRESHOLDS.tolist(), "precision": precision_curve.tolist(),
@@ -177,7 +176,7 @@ def evaluate(cfg: DictConfig) -> dict:
             path = write_threshold(cfg.ckpt, chosen["threshold"], key_scales(key),
                                    {"rule": cfg.threshold_rule, "dice": chosen["dice"], "ods": chosen["ods"],
                                     "split": result["split"], "photos": chosen["photos"],
-                                    "precision": predictor.precision},
+                                    "upscale_below_px": cfg.upscale_below_px, "precision": predictor.precision},
                                    replace=cfg.save_threshold == "replace")
             if path:
                 log.info("stored the threshold %.4f at scales [%s] for predict.py and later evaluations: %s",

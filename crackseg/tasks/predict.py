@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from crackseg.campaign import CampaignPhoto, find_photos, shard
-from crackseg.inference.backends import PhotoThresholds, predictor_from_config
+from crackseg.inference.backends import PhotoThresholds, describe_scales, predictor_from_config
 from crackseg.inference.predictor import Predictor
 from crackseg.tiling import TileCounts
 from crackseg.io import (
@@ -75,8 +75,8 @@ def predict(cfg: DictConfig) -> int:
         for path in remove_stale_temp_files(folder):
             log.info("removed %s, left by a run killed while writing", path)
     in_shard = f" (shard {cfg.shard.index} of {cfg.shard.count}: {campaign_size} in all)" if cfg.shard.count > 1 else ""
-    log.info("%d photo(s)%s -> %s on %s (%s), scales %s%s, tile %d", len(photos), in_shard, output_dir,
-             predictor.device, type(predictor.model).__name__, list(cfg.scales), _upscaled_below(cfg), predictor.tile)
+    log.info("%d photo(s)%s -> %s on %s (%s), scales %s, tile %d", len(photos), in_shard, output_dir, predictor.device,
+             type(predictor.model).__name__, describe_scales(cfg.scales, cfg.upscale_below_px), predictor.tile)
 
     writers = _writers(cfg.pipeline, cfg.writers, predictor.device)
     rows = _predict_photos(photos, output_dir, cfg, predictor, thresholds, settings, writers)
@@ -107,7 +107,7 @@ class _PhotoJob:
     resplit: bool = False  # ...and split its joints again: they were told by another rule (or kept)
     saved: dict | None = None  # the head of its saved _contours.json (size, threshold, count, joints, source), once read
     fingerprint: dict | None = None  # of the photo file its mask is made of (taken before it is read)
-    threshold: float | None = None  # of the scales it is predicted at (they depend on its size), once read
+    threshold: float | None = None  # of the scales it is predicted at (they depend on its size)
     photo: np.ndarray | None = None
     prob: np.ndarray | None = None
     mask: np.ndarray | None = None
@@ -307,9 +307,8 @@ def _write(job: _PhotoJob, cfg: DictConfig, settings: dict, processes: WriterPro
     paths = {k: p for k, p in job.paths.items() if k != "prob"} if job.resplit else job.paths  # its _prob.png stays
     task = WriteTask(paths, job.source.stem, job.photo,
                      probability_image(job.prob) if "prob" in paths and job.prob is not None else None,
-                     job.mask, not job.remeasure or job.resplit, job.threshold, settings, cfg.measure,
-                     dropped_joints(cfg),
-                     job.fingerprint)
+                     job.mask, not job.remeasure or job.resplit, job.threshold, settings,
+                     cfg.measure, dropped_joints(cfg), job.fingerprint)
     job.prob = None  # freed now: the task holds the 8-bit image, a quarter of the float map, until written
     job.row.update(processes.write_outputs(task) if processes else write_outputs(task))
 
@@ -320,13 +319,6 @@ def _measured(paths: dict[str, Path], settings: dict) -> dict | None:
         return None
     document = read_crack_document(paths["cracks"])
     return document if document and document.get("settings") == settings else None
-
-
-def _upscaled_below(cfg: DictConfig) -> str:
-    """For the log: which photos are predicted at the scales above 1."""
-    if cfg.upscale_below_px is None:
-        return ""
-    return f" (those above 1 only on photos whose shorter side is under {cfg.upscale_below_px} px)"
 
 
 def _report_settings(cfg: DictConfig, predictor: Predictor, thresholds: PhotoThresholds, settings: dict) -> dict:
