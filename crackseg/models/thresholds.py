@@ -130,8 +130,9 @@ def write_threshold(model_path: str | Path, threshold: float, scales: Sequence[f
         key = scales_key(scales) if key in (None, ANY_SCALES) else key
         kept = entries.get(key)
         if kept is not None and not replace and _chosen_by(kept) != _chosen_by(details):
-            log.warning("kept the threshold %.4f chosen on %s (rule %s, upscale_below_px %s) at scales [%s] in %s: this "
-                        "one (%.4f) was chosen on %s (rule %s, upscale_below_px %s; save_threshold=replace to store it)",
+            log.warning("kept the threshold %.4f chosen on %s (rule %s, upscale_below_px %s) at scales [%s] in %s: "
+                        "this one (%.4f) was chosen on %s (rule %s, upscale_below_px %s; save_threshold=replace to "
+                        "store it)",
                         kept["threshold"], *_chosen_by(kept), key, path, threshold, *_chosen_by(details))
             return None
         entry = {"threshold": float(threshold), "scales": [float(s) for s in scales], **details}

@@ -18,7 +18,8 @@ from crackseg.io import (
 )
 
 SUMMARY_FIELDS = ["photo", "width", "height", "threshold", "crack_pixels", "crack_fraction", "contours", "cracks",
-                  "total_length", "max_width", "unit", "joints", "tiles", "tiles_skipped", "seconds", "measure_seconds", "status", "detail"]
+                  "total_length", "max_width", "unit", "joints", "tiles", "tiles_skipped", "seconds", "measure_seconds",
+                  "status", "detail"]
 MEASUREMENT_OUTPUTS = ("cracks", "geojson", "widths", "thumb")  # written by crackseg.report.crack_outputs
 
 
@@ -146,8 +147,8 @@ def saved_prediction_fields(paths: dict[str, Path], mask: np.ndarray | None = No
     head = read_contours_head(paths["contours"]) if head is None else head
     mask = read_mask(paths["mask"]) if mask is None else mask
     crack_pixels = int(np.count_nonzero(mask))
-    return {"width": head["width"], "height": head["height"], "threshold": head["threshold"], "crack_pixels": crack_pixels,
-            "crack_fraction": round(crack_pixels / mask.size, 6), "contours": head["count"]}
+    return {"width": head["width"], "height": head["height"], "threshold": head["threshold"],
+            "crack_pixels": crack_pixels, "crack_fraction": round(crack_pixels / mask.size, 6), "contours": head["count"]}
 
 
 _CONTOURS_HEAD = re.compile(r'\{"width": (\d+), "height": (\d+), "threshold": ([^,]+), "count": (\d+),'

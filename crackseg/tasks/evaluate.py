@@ -153,7 +153,8 @@ def evaluate(cfg: DictConfig) -> dict:
                     "ods_threshold": best, **({} if rule is None else {"joint_px": source_joint_px[name]})}
     result = {k: round(v, 4) if isinstance(v, float) and "threshold" not in k else v for k, v in result.items()}
 
-    options = ("upscale_below_px", "overlap", "blend", "batch_size", "tolerance", "backend", "device", "compile", "keep_joints", "joint_rule")
+    options = ("upscale_below_px", "overlap", "blend", "batch_size", "tolerance", "backend", "device", "compile",
+               "keep_joints", "joint_rule")
     settings = {"tile": predictor.tile, "precision": predictor.precision, **{k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in options}}
     report = {**result, "settings": settings,
               "pr_curve": {"threshold": metrics.THRESHOLDS.tolist(), "precision": precision_curve.tolist(),
