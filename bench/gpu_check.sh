@@ -21,5 +21,6 @@ if [ -d .gpudata ] && [ ! -e ../shared/data ]; then
 fi
 step tiler 100 python3 bench/tiler_bench.py --device cuda --rounds 3
 if [ -n "$linked" ]; then rm -f ../shared/data; linked=; fi
-step batch 300 python3 bench/batch_bench.py --count 12 --size 4000x3000 --big 2 --modes true,writers=1 true
+step batch 300 python3 bench/batch_bench.py --count 12 --size 4000x3000 --big 2 --modes true,writers=1 true \
+    upscale_below_px=null
 step pytest ${PYTEST_LIMIT:-120} python3 -m pytest -q -x -p no:cacheprovider -n 8 tests

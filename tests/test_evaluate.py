@@ -87,6 +87,7 @@ def test_val_evaluation_stores_the_ods_threshold_for_prediction(red_checkpoint, 
     result = evaluate(_cfg(ckpt, root, tmp_path, "data.split=val"))
     stored = json.loads(threshold_path(ckpt).read_text())["by_scales"]["1"]
     assert stored["threshold"] == result["ods_threshold"] and stored["photos"] == 2 and stored["scales"] == [1]
+    assert stored["upscale_below_px"] is None  # at [1] every photo is predicted alike, whatever its size
     trained = load_model(ckpt).threshold
     with caplog.at_level(logging.WARNING, logger="crackseg.models.thresholds"):
         assert resolve_threshold(ckpt, trained, None, [1.0]) == stored["threshold"]

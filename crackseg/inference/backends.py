@@ -100,11 +100,10 @@ def predictor_from_config(cfg: DictConfig) -> tuple[Predictor, PhotoThresholds]:
     precision = None if cfg.precision == "auto" else cfg.precision  # None: the model's own (ONNX), or fp32
     predictor = Predictor(model, cfg.scales, tile, cfg.overlap, cfg.batch_size, cfg.blend, precision, cfg.compile,
                           cfg.upscale_below_px)
-    if cfg.threshold is None:
-        read_thresholds(cfg.ckpt)  # an unreadable file stops the run here, not at each photo
+    stored = read_thresholds(cfg.ckpt) if cfg.threshold is None else {}  # read once: an unreadable file stops here
     embedded = getattr(model, "thresholds", None)
     return predictor, PhotoThresholds(
-        predictor, lambda scales: resolve_threshold(cfg.ckpt, model.threshold, cfg.threshold, scales, embedded))
+        predictor, lambda scales: resolve_threshold(cfg.ckpt, model.threshold, cfg.threshold, scales, embedded, stored))
 
 
 class PhotoThresholds:
@@ -121,10 +120,3 @@ class PhotoThresholds:
             self.used[key] = self._resolve(key_scales(key))
         return self.used[key]
 
-
-def describe_scales(scales, upscale_below_px: int | None) -> str:
-    """For logs: the scales, and which photos get those above 1."""
-    scales = list(scales)
-    if upscale_below_px is None or all(s <= 1 for s in scales):
-        return str(scales)
-    return f"{scales} (those above 1 only on photos whose shorter side is under {upscale_below_px} px)"

@@ -73,12 +73,24 @@ class Predictor:
         with self._autocast():
             return self._forward(tiles).float()
 
+    @property
+    def splits_by_size(self) -> bool:
+        """Whether photos of different sizes get different scales (see :meth:`scales_for`)."""
+        return (self.upscale_below_px is not None and any(s > 1 for s in self.scales)
+                and any(s <= 1 for s in self.scales))
+
+    def describe_scales(self) -> str:
+        """For logs: the scales, and which photos get those above 1."""
+        if not self.splits_by_size:
+            return str(self.scales)
+        return f"{self.scales} (those above 1 only on photos whose shorter side is under {self.upscale_below_px} px)"
+
     def scales_for(self, height: int, width: int) -> list[float]:
         """The scales a photo of this size is predicted at: without those above 1 when its shorter
-        side reaches ``upscale_below_px`` (unless no other scale is left)."""
-        if self.upscale_below_px is None or min(height, width) < self.upscale_below_px:
+        side reaches ``upscale_below_px`` (unless no other scale is left, or none is above 1)."""
+        if not self.splits_by_size or min(height, width) < self.upscale_below_px:
             return self.scales
-        return [s for s in self.scales if s <= 1] or self.scales
+        return [s for s in self.scales if s <= 1]
 
     def tiles_for(self, height: int, width: int) -> int:
         """How many tiles a photo of this size costs over its scales (for progress bars)."""

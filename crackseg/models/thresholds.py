@@ -171,13 +171,15 @@ def carry_thresholds(source_model: str | Path, target_model: str | Path) -> Path
 
 
 def resolve_threshold(model_path: str | Path, trained: float, threshold: float | None, scales: Sequence[float],
-                      embedded: dict[str, float] | None = None) -> float:
+                      embedded: dict[str, float] | None = None, stored: dict[str, dict] | None = None) -> float:
     """``threshold`` when given, else the one chosen on validation data at these ``scales`` (from
-    the file beside the model, else those ``embedded`` in it: an ONNX export's, per scale set),
-    else the ``trained`` one (with a warning when thresholds exist only for other scales)."""
+    the file beside the model, or ``stored``: its entries read already, else those ``embedded`` in
+    it: an ONNX export's, per scale set), else the ``trained`` one (with a warning when thresholds
+    exist only for other scales)."""
     if threshold is not None:
         return float(threshold)
-    entries = {**{k: {"threshold": float(t)} for k, t in (embedded or {}).items()}, **read_thresholds(model_path)}
+    stored = read_thresholds(model_path) if stored is None else stored
+    entries = {**{k: {"threshold": float(t)} for k, t in (embedded or {}).items()}, **stored}
     key = find_entry(entries, scales)
     if key is not None:
         return entries[key]["threshold"]

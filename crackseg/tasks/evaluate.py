@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from crackseg.data.folder import distractor_mask, split_sources
 from crackseg import metrics
-from crackseg.inference.backends import describe_scales, predictor_from_config
+from crackseg.inference.backends import predictor_from_config
 from crackseg.models.thresholds import key_scales, scales_key, write_threshold
 from crackseg.io import atomic_write, atomic_write_bytes, read_pair, write_csv
 from crackseg.measure import JointRule, take_joints
@@ -75,7 +75,7 @@ def evaluate(cfg: DictConfig) -> dict:
     predictor, thresholds = predictor_from_config(cfg)
     output = Path(cfg.output)
     log.info("%d photo(s) of %s/%s on %s (%s), scales %s", len(pairs), _data_name(cfg.data), cfg.data.split,
-             predictor.device, type(predictor.model).__name__, describe_scales(cfg.scales, cfg.upscale_below_px))
+             predictor.device, type(predictor.model).__name__, predictor.describe_scales())
 
     exact, tolerant, histograms, rows = metrics.Counts(), metrics.ToleranceCounts(), [], []
     source_counts = {name: metrics.Counts() for name in by_source}
@@ -177,7 +177,9 @@ def evaluate(cfg: DictConfig) -> dict:
             path = write_threshold(cfg.ckpt, chosen["threshold"], key_scales(key),
                                    {"rule": cfg.threshold_rule, "dice": chosen["dice"], "ods": chosen["ods"],
                                     "split": result["split"], "photos": chosen["photos"],
-                                    "upscale_below_px": cfg.upscale_below_px, "precision": predictor.precision},
+                                    "precision": predictor.precision,
+                                    # the photos each scale set's threshold was chosen on; None: all
+                                    "upscale_below_px": cfg.upscale_below_px if predictor.splits_by_size else None},
                                    replace=cfg.save_threshold == "replace")
             if path:
                 log.info("stored the threshold %.4f at scales [%s] for predict.py and later evaluations: %s",

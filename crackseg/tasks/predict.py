@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from crackseg.campaign import CampaignPhoto, find_photos, shard
-from crackseg.inference.backends import PhotoThresholds, describe_scales, predictor_from_config
+from crackseg.inference.backends import PhotoThresholds, predictor_from_config
 from crackseg.inference.predictor import Predictor
 from crackseg.tiling import TileCounts
 from crackseg.io import (
@@ -76,7 +76,7 @@ def predict(cfg: DictConfig) -> int:
             log.info("removed %s, left by a run killed while writing", path)
     in_shard = f" (shard {cfg.shard.index} of {cfg.shard.count}: {campaign_size} in all)" if cfg.shard.count > 1 else ""
     log.info("%d photo(s)%s -> %s on %s (%s), scales %s, tile %d", len(photos), in_shard, output_dir, predictor.device,
-             type(predictor.model).__name__, describe_scales(cfg.scales, cfg.upscale_below_px), predictor.tile)
+             type(predictor.model).__name__, predictor.describe_scales(), predictor.tile)
 
     writers = _writers(cfg.pipeline, cfg.writers, predictor.device)
     rows = _predict_photos(photos, output_dir, cfg, predictor, thresholds, settings, writers)
