@@ -6,7 +6,6 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -184,7 +183,7 @@ def _submit_next(executor: ThreadPoolExecutor, fn, queue) -> Future | None:
 
 
 def _start(source: CampaignPhoto, output_dir: Path, cfg: DictConfig, settings: dict,
-           threshold_at: Callable[[int, int], float]) -> _PhotoJob:
+           threshold_at: PhotoThresholds) -> _PhotoJob:
     """Claim the photo (parallel runs share the photos) and decide what is left to do for it."""
     folder = source.output_dir(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -197,7 +196,7 @@ def _start(source: CampaignPhoto, output_dir: Path, cfg: DictConfig, settings: d
     return job
 
 
-def _plan(job: _PhotoJob, cfg: DictConfig, settings: dict, threshold_at: Callable[[int, int], float]) -> None:
+def _plan(job: _PhotoJob, cfg: DictConfig, settings: dict, threshold_at: PhotoThresholds) -> None:
     """Skip a photo whose outputs all exist at its threshold (``threshold_at(height, width)``: of
     the scales a photo of its saved size is predicted at); re-measure one whose measurement is
     missing or stale; split again one whose mask left out other joints (its saved mask and joints
