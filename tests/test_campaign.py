@@ -2,6 +2,7 @@
 (one after the other, killed and re-run, or at the same time through Hydra's submitit launcher)."""
 
 import csv
+import html
 import os
 import signal
 import subprocess
@@ -110,6 +111,24 @@ def test_two_runs_on_one_output_keep_each_others_outcomes_in_the_summary(tmp_pat
     publish(tmp_path, [row("b.png", "skipped", "outputs exist")], {}, False)  # a later run of fewer photos
     assert [(r["photo"], r["status"]) for r in _summary(tmp_path)] == [("b.png", "skipped")]
     assert not list((tmp_path / "shards").glob(".*.lock"))
+
+
+def test_a_sharded_campaigns_report_shows_the_settings_of_every_shard(tmp_path):
+    from crackseg.report.batch import campaign_settings, publish
+
+    def failed(photo):
+        return {"photo": photo, "status": "failed", "detail": "unreadable", "width": 80, "height": 60}
+
+    # shard 0 held only large photos, shard 1 only small ones, with another tile
+    first = {"scales": [1, 2, 0.5], "thresholds": {"1,0.5": 0.5}, "tile": 256}
+    second = {"scales": [1, 2, 0.5], "thresholds": {"1,2,0.5": 0.336}, "tile": 384}
+    publish(tmp_path, [failed("a.png")], first, True, 0, 2)
+    publish(tmp_path, [failed("b.png")], second, True, 1, 2)
+    assert campaign_settings([{"settings": first}, {"settings": second}]) == {
+        "scales": [1, 2, 0.5], "thresholds": {"1,0.5": 0.5, "1,2,0.5": 0.336}, "tile": "256 | 384 (the runs differ)"}
+    report = (tmp_path / "report.html").read_text()
+    assert html.escape(str({"1,0.5": 0.5, "1,2,0.5": 0.336})) in report
+    assert "256 | 384 (the runs differ)" in report
 
 
 def _report_body(folder):

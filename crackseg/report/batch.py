@@ -62,7 +62,7 @@ def rebuild(output_dir: Path, count: int | None = None) -> int:
         rows = merge_rows(documents)
         write_summary(output_dir / "summary.csv", rows)
         if documents[-1]["measure"]:
-            write_batch_outputs(output_dir, rows, documents[-1]["settings"])
+            write_batch_outputs(output_dir, rows, campaign_settings(documents))
         if _shard_summaries(output_dir, count) == read:
             return len(rows)
 
@@ -87,6 +87,21 @@ def merge_rows(documents: list[dict]) -> list[dict]:
             if row["photo"] not in merged or row.get("detail") != CLAIMED_ELSEWHERE:
                 merged[row["photo"]] = row
     return [merged[photo] for photo in sorted(merged)]
+
+
+def campaign_settings(documents: list[dict]) -> dict:
+    """The settings of the runs behind the shard summaries (oldest first), for the report: a dict
+    setting (the threshold of each scale set) merges key by key, as each run used only those its
+    photos needed; a setting the runs differ in shows each distinct value, oldest first."""
+    return _merge_setting([document["settings"] for document in documents])
+
+
+def _merge_setting(values: list):
+    if all(isinstance(value, dict) for value in values):
+        keys = dict.fromkeys(key for value in values for key in value)
+        return {key: _merge_setting([value[key] for value in values if key in value]) for key in keys}
+    distinct = [value for i, value in enumerate(values) if value not in values[:i]]
+    return distinct[0] if len(distinct) == 1 else " | ".join(map(str, distinct)) + " (the runs differ)"
 
 
 def _shard_summaries(output_dir: Path, count: int | None) -> dict[Path, tuple[int, int]]:
