@@ -66,7 +66,7 @@ def render_report(entries: list[dict], settings: dict, generated: str, max_figur
         *([f"<p>The {max_cracks} widest of {len(cracks)} cracks; cracks.csv lists them all.</p>"]
           if len(cracks) > max_cracks else []),
         _crack_table(cracks[:max_cracks], shown, classes, unit),
-        "<h2>Settings of this run</h2><table>",
+        "<h2>Settings used</h2><table>",
         *(f"<tr><th class='l'>{_e(k)}</th><td class='l'>{_e(v)}</td></tr>" for k, v in settings.items()),
         "</table></body></html>\n",
     ]
