@@ -119,4 +119,3 @@ class PhotoThresholds:
         if key not in self.used:
             self.used[key] = self._resolve(key_scales(key))
         return self.used[key]
-
