@@ -1,24 +1,33 @@
 """Cross-validation by photo, pooled: the held-out folds' ``per_photo.csv`` (evaluate.py, each
 fold scored by the model that did not train on it) summed into one precision / recall / Dice.
 
-    python bench/cross_validation.py FOLD0/per_photo.csv FOLD1/per_photo.csv FOLD2/per_photo.csv
+    python bench/cross_validation.py FOLD0/per_photo.csv FOLD1/per_photo.csv FOLD2/per_photo.csv [--at-recall 0.8]
 
 Each photo's true and false positives come from its crack and predicted pixel counts and its
 recall (4 decimals: at most half a pixel off per 10,000 crack pixels). A photo in two files is an
 error: folds hold out disjoint photos.
+
+``--at-recall R`` also pools the folds' precision-recall curves (report.json beside each
+per_photo.csv) at thresholds aiming at recall R (of those reaching it, the most precise): one
+threshold common to all folds, tuned on the held-out photos themselves (an upper bound: could the
+models meet a target at any single threshold?), and each fold at the threshold its other folds'
+photos pick (cross-fitted: what choosing it on other photos of the kind gives).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from crackseg.metrics import Counts  # noqa: E402
+from crackseg.metrics import THRESHOLDS, Counts  # noqa: E402
 
 
 def fold_counts(path: Path) -> dict[str, Counts]:
@@ -32,19 +41,70 @@ def fold_counts(path: Path) -> dict[str, Counts]:
     return counts
 
 
+def curve_counts(report: Path, crack_px: int) -> np.ndarray:
+    """``(2, thresholds)`` true and false positives of one fold at every threshold, from its
+    report.json's pooled PR curve."""
+    if not report.is_file():
+        sys.exit(f"error: {report} is missing: --at-recall reads the PR curve evaluate.py writes beside per_photo.csv")
+    curve = json.loads(report.read_text())["pr_curve"]
+    precision, recall = np.array(curve["precision"]), np.array(curve["recall"])
+    if len(recall) != len(THRESHOLDS):
+        sys.exit(f"error: {report}: its PR curve has {len(recall)} thresholds, expected {len(THRESHOLDS)}")
+    tp = recall * crack_px
+    return np.stack([tp, np.where(tp > 0, tp / np.maximum(precision, 1e-12) - tp, 0.0)])
+
+
+def level_for_recall(curve: np.ndarray, crack_px: float, min_recall: float) -> int:
+    """The threshold level of best precision among those whose recall is at least ``min_recall``."""
+    tp, fp = curve
+    reaching = np.flatnonzero(tp / crack_px >= min_recall)
+    return int(reaching[np.argmax(tp[reaching] / np.maximum(tp[reaching] + fp[reaching], 1e-12))])
+
+
+def recall_operating_points(curves: list[np.ndarray], crack_px: list[float], min_recall: float) -> list[str]:
+    """Pooled precision / recall at a threshold aiming at ``min_recall``: one threshold for all folds
+    tuned on their photos (an upper bound), and each fold at the one its other folds' photos pick
+    (cross-fitted: no fold's threshold sees its own photos)."""
+    def line(name: str, tp: float, fp: float, thresholds: str) -> str:
+        return f"{name}: precision {tp / max(tp + fp, 1e-12):.3f} / recall {tp / sum(crack_px):.3f} at {thresholds}"
+
+    pooled = sum(curves)
+    level = level_for_recall(pooled, sum(crack_px), min_recall)
+    lines = [line(f"recall >= {min_recall}, one threshold tuned on all these photos (upper bound)",
+                  *pooled[:, level], f"{THRESHOLDS[level]:.3f}")]
+    if len(curves) > 1:
+        levels = [level_for_recall(pooled - curve, sum(crack_px) - crack, min_recall)
+                  for curve, crack in zip(curves, crack_px)]
+        tp, fp = sum(curve[:, k] for curve, k in zip(curves, levels))
+        lines.append(line(f"recall >= {min_recall}, each fold at the threshold of the others (cross-fitted)", tp, fp,
+                          " / ".join(f"{THRESHOLDS[k]:.3f}" for k in levels)))
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("per_photo", nargs="+", type=Path, help="each held-out fold's per_photo.csv")
+    parser.add_argument("--at-recall", type=float, metavar="R",
+                        help="also pool the folds' PR curves (report.json beside each file) "
+                             "at thresholds aiming at recall R")
     args = parser.parse_args(argv)
     every: dict[str, Counts] = {}
+    curves, crack_px = [], []
     for path in args.per_photo:
+        if not path.is_file():
+            sys.exit(f"error: {path} is not a file (evaluate.py writes per_photo.csv into its output folder)")
         fold = fold_counts(path)
         twice = sorted(set(fold) & set(every))
         if twice:
             sys.exit(f"error: {path} scores photos another fold scored already: {', '.join(twice)}")
         every.update(fold)
         print(_line(str(path), fold))
+        if args.at_recall is not None:
+            crack_px.append(sum(c.tp + c.fn for c in fold.values()))
+            curves.append(curve_counts(path.parent / "report.json", crack_px[-1]))
     print(_line("pooled", every))
+    if args.at_recall is not None:
+        print("\n".join(recall_operating_points(curves, crack_px, args.at_recall)))
 
 
 def _line(name: str, photos: dict[str, Counts]) -> str:
