@@ -145,20 +145,36 @@ def ods(histograms: list[np.ndarray]) -> tuple[float, float, Counts]:
     return counts.dice, float(THRESHOLDS[best]), counts
 
 
+def _pooled_by_dataset(histograms_by_dataset: list[list[np.ndarray]], rule: str) -> list[np.ndarray]:
+    """Each dataset's histograms pooled; datasets without crack pixels left out unless none has any."""
+    pooled = [np.sum(histograms, axis=0) for histograms in histograms_by_dataset if len(histograms)]
+    if not pooled:
+        raise ValueError(f"{rule} needs at least one dataset with photos")
+    return [h for h in pooled if h[0].sum()] or pooled
+
+
 def dataset_mean(histograms_by_dataset: list[list[np.ndarray]]) -> tuple[float, float]:
     """The threshold whose F1, taken over each dataset's pooled counts and then averaged over the
     datasets, is best: every dataset weighs the same, whatever its photos' pixel count (pooled
     counts let a few large photos choose). Equals ``ods`` for one dataset. A dataset without
     crack pixels has no say (its F1 is 0 until nothing at all is predicted) unless no dataset has
     any. Returns ``(mean f1, threshold)``."""
-    pooled = [np.sum(histograms, axis=0) for histograms in histograms_by_dataset if len(histograms)]
-    if not pooled:
-        raise ValueError("dataset_mean needs at least one dataset with photos")
-    pooled = [h for h in pooled if h[0].sum()] or pooled
-    curves = [sweep_f1(*sweep(h)) for h in pooled]
+    curves = [sweep_f1(*sweep(h)) for h in _pooled_by_dataset(histograms_by_dataset, "dataset_mean")]
     mean_f1 = np.mean(curves, axis=0)
     best = int(np.argmax(mean_f1))
     return float(mean_f1[best]), float(THRESHOLDS[best])
+
+
+def dataset_mean_at_recall(histograms_by_dataset: list[list[np.ndarray]], min_recall: float) -> tuple[float, float]:
+    """The most precise threshold whose recall, averaged over the datasets as in ``dataset_mean``,
+    is at least ``min_recall``: an operating point for inspections that must find that share of
+    the crack pixels. Among equal precision the highest threshold. Returns ``(mean precision,
+    threshold)``."""
+    curves = [precision_recall_curve([h]) for h in _pooled_by_dataset(histograms_by_dataset, "the recall rule")]
+    precision, recall = np.mean([c[0] for c in curves], axis=0), np.mean([c[1] for c in curves], axis=0)
+    reaching = np.flatnonzero(recall >= min_recall)  # never empty: at threshold 0 every pixel is crack
+    best = int(reaching[len(reaching) - 1 - np.argmax(precision[reaching][::-1])])
+    return float(precision[best]), float(THRESHOLDS[best])
 
 
 def ois(histograms: list[np.ndarray]) -> tuple[float, list[float]]:

@@ -91,7 +91,11 @@ def check_inference_options(cfg: DictConfig) -> None:
     if "save_threshold" in cfg and not (isinstance(cfg.save_threshold, bool) or cfg.save_threshold == "replace"):
         _fail("save_threshold", cfg.save_threshold, "must be true, false or replace")
     if "threshold_rule" in cfg:
-        _choice("threshold_rule", cfg.threshold_rule, ("dataset_mean", "pooled"))
+        _choice("threshold_rule", cfg.threshold_rule, ("dataset_mean", "pooled", "recall"))
+    if cfg.get("threshold_rule") == "recall":
+        _number("min_recall", cfg.min_recall, 0, 1)
+        if cfg.min_recall == 0:
+            _fail("min_recall", cfg.min_recall, "must be a number in (0, 1]")
     if "tolerance" in cfg:
         _number("tolerance", cfg.tolerance, 0)
     if "min_crack_length_px" in cfg:

@@ -168,7 +168,7 @@ class RedIsProbability(torch.nn.Module):
         return torch.logit(x[:, :1].clamp(1e-6, 1 - 1e-6))
 
 
-@pytest.mark.parametrize("rule, threshold", [("dataset_mean", 27 / 256), ("pooled", 129 / 256)])
+@pytest.mark.parametrize("rule, threshold", [("dataset_mean", 27 / 256), ("pooled", 129 / 256), ("recall", 77 / 256)])
 def test_the_threshold_rule_chooses_the_stored_threshold(tmp_path, rule, threshold):
     ckpt = tmp_path / "graded.ckpt"
     net_config = OmegaConf.to_yaml({"_target_": "tests.test_evaluate.RedIsProbability"})
@@ -176,7 +176,8 @@ def test_the_threshold_rule_chooses_the_stored_threshold(tmp_path, rule, thresho
                                                          "threshold": 0.5, "channels_last": False}}, ckpt)
     # large: half crack at 0.90, half background at 0.50; small: one crack column at 0.30 on background at 0.10.
     # Pooled counts follow the large one (best above 0.50, missing the faint column); each dataset
-    # weighing the same, both are best in (0.10, 0.30]
+    # weighing the same, both are best in (0.10, 0.30], where the recall rule (mean recall >= 0.8) takes the
+    # most precise threshold, the highest
     truth = np.zeros((32, 40), bool)
     for name, crack, background, rows in (("large", 230, 128, slice(0, 16)), ("small", 77, 26, slice(0, 32))):
         mask = truth.copy()
@@ -188,9 +189,10 @@ def test_the_threshold_rule_chooses_the_stored_threshold(tmp_path, rule, thresho
     sources = f"+data.sources={{large: {{root: '{tmp_path / 'large'}'}}, small: {{root: '{tmp_path / 'small'}'}}}}"
     result = evaluate(_cfg(ckpt, tmp_path / "large", tmp_path / "run", "data.root=null", sources, f"threshold_rule={rule}"))
     assert result["ods_threshold"] == 129 / 256 and result["chosen"]["1"]["threshold"] == threshold
-    expected = metrics.Counts(640 + 32, 640, 0) if rule == "dataset_mean" else metrics.Counts(640, 0, 32)
+    expected = metrics.Counts(640, 0, 32) if rule == "pooled" else metrics.Counts(640 + 32, 640, 0)
     assert result["chosen"]["1"]["dice"] == pytest.approx(expected.dice, abs=1e-4)
-    assert read_thresholds(ckpt)["1"]["threshold"] == threshold and read_thresholds(ckpt)["1"]["rule"] == rule
+    stored_rule = "recall>=0.8" if rule == "recall" else rule
+    assert read_thresholds(ckpt)["1"]["threshold"] == threshold and read_thresholds(ckpt)["1"]["rule"] == stored_rule
 
 
 def test_each_scale_set_gets_its_threshold_chosen_on_the_photos_predicted_at_it(tmp_path):

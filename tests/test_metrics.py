@@ -93,6 +93,19 @@ def test_dataset_mean_weighs_each_dataset_the_same_where_pooled_counts_follow_th
         metrics.dataset_mean([[]])
 
 
+def test_the_recall_rule_is_the_most_precise_threshold_reaching_the_mean_recall():
+    large = [metrics.level_histograms(np.array([0.9] * 10 + [0.5] * 10, np.float32), np.arange(20) < 10)]
+    small = [metrics.level_histograms(np.array([0.3, 0.1], np.float32), np.array([True, False]))]
+    # mean recall: 1 up to 0.3 (levels 76 and below), 1/2 up to 0.9 (the small crack missed), then 0;
+    # mean precision: (1/2 + 1/2) / 2 up to 0.1, (1/2 + 1) / 2 up to 0.3, (1 + 1) / 2 above 0.5
+    assert metrics.dataset_mean_at_recall([large, small], 0.8) == (pytest.approx(3 / 4), 76 / 256)
+    assert metrics.dataset_mean_at_recall([large, small], 0.5) == (pytest.approx(1.0), 230 / 256)
+    assert metrics.dataset_mean_at_recall([large, small], 1.0) == metrics.dataset_mean_at_recall([large, small], 0.8)
+    assert metrics.dataset_mean_at_recall([large, []], 0.8) == metrics.dataset_mean_at_recall([large], 0.8)
+    with pytest.raises(ValueError, match="at least one dataset"):
+        metrics.dataset_mean_at_recall([[]], 0.8)
+
+
 def test_ois_pools_each_photos_best_threshold():
     f1, thresholds = metrics.ois(_toy_set())
     # photo 1 at (0.4, 0.6]: tp 2; photo 2 at (0.2, 0.3]: tp 1, fp 1; photo 3 above 0.7: nothing

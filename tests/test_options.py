@@ -57,8 +57,11 @@ def test_scales_must_divide_the_tile_given_or_the_models(tmp_path):
     check_inference_options(_cfg("predict", tmp_path, "scales=[1,3]"))  # the model's tile: checked once loaded
     with pytest.raises(OptionError, match="save_threshold='maybe': must be true, false or replace"):
         check_inference_options(_cfg("evaluate", tmp_path, "save_threshold=maybe"))
-    with pytest.raises(OptionError, match="threshold_rule='median': must be one of dataset_mean, pooled"):
+    with pytest.raises(OptionError, match="threshold_rule='median': must be one of dataset_mean, pooled, recall"):
         check_inference_options(_cfg("evaluate", tmp_path, "threshold_rule=median"))
+    for min_recall in (0, 1.5, "high"):
+        with pytest.raises(OptionError, match=rf"min_recall={min_recall!r}: must be a number"):
+            check_inference_options(_cfg("evaluate", tmp_path, "threshold_rule=recall", f"min_recall={min_recall}"))
 
 
 def test_shards_must_share_an_output_folder(tmp_path):

@@ -47,13 +47,21 @@ def _plot_pr_curve(path: Path, precision: np.ndarray, recall: np.ndarray, points
     plt.close(fig)
 
 
-def _choose(histograms_by_dataset: dict[str, list[np.ndarray]], rule: str) -> dict:
-    """The threshold ``rule`` chooses on these photos (one scale set's), and their pooled figures there."""
+def _choose(histograms_by_dataset: dict[str, list[np.ndarray]], cfg: DictConfig) -> dict:
+    """The threshold ``cfg.threshold_rule`` chooses on these photos (one scale set's), and their pooled
+    figures there; ``score`` is the rule's: F1, or for the recall rule the mean precision. The rule is
+    named as stored with the threshold: the recall rule with its target, ``recall>=0.8``."""
     pooled = [h for hists in histograms_by_dataset.values() for h in hists]
     ods_f1, ods_threshold, _ = metrics.ods(pooled)
-    score, threshold = ((ods_f1, ods_threshold) if rule == "pooled"
-                        else metrics.dataset_mean(list(histograms_by_dataset.values())))
+    by_dataset = list(histograms_by_dataset.values())
+    if cfg.threshold_rule == "pooled":
+        score, threshold = ods_f1, ods_threshold
+    elif cfg.threshold_rule == "recall":
+        score, threshold = metrics.dataset_mean_at_recall(by_dataset, cfg.min_recall)
+    else:
+        score, threshold = metrics.dataset_mean(by_dataset)
     counts = metrics.counts_at(pooled, threshold)
+    rule = f"recall>={cfg.min_recall:g}" if cfg.threshold_rule == "recall" else cfg.threshold_rule
     return {"rule": rule, "threshold": threshold, "score": round(score, 4), "dice": round(counts.dice, 4),
             "precision": round(counts.precision, 4), "recall": round(counts.recall, 4), "ods": round(ods_f1, 4),
             "photos": len(pooled)}
@@ -137,7 +145,7 @@ def evaluate(cfg: DictConfig) -> dict:
     }
     if distractor_mp:
         result["distractor_fp_px_per_mp"] = distractor_fp / distractor_mp
-    result["chosen"] = {key: _choose(by_dataset, cfg.threshold_rule)
+    result["chosen"] = {key: _choose(by_dataset, cfg)
                         for key, by_dataset in scale_set_histograms.items()}
     source_curves = {}  # each dataset's PR curve, for threshold choices other than the pooled one
     if len(by_source) > 1:  # each dataset at the threshold used, and at its own best (ODS)
@@ -166,16 +174,16 @@ def evaluate(cfg: DictConfig) -> dict:
               ({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows))
     _plot_pr_curve(output / "pr_curve.png", precision_curve, recall_curve,
                    {"ODS": int(round(ods_threshold * metrics.LEVELS)),
-                    **{f"{cfg.threshold_rule} [{key}]": int(round(c["threshold"] * metrics.LEVELS))
+                    **{f"{c['rule']} [{key}]": int(round(c["threshold"] * metrics.LEVELS))
                        for key, c in result["chosen"].items()}},
                    f"{Path(_data_name(cfg.data)).name} {cfg.data.split}")
     log.info("pooled ODS %.4f at %.4f", result["ods"], ods_threshold)
     for key, chosen in result["chosen"].items():
         log.info("scales [%s], %d photo(s): threshold rule %s chooses %.4f (their pooled Dice there %.4f)", key,
-                 chosen["photos"], cfg.threshold_rule, chosen["threshold"], chosen["dice"])
+                 chosen["photos"], chosen["rule"], chosen["threshold"], chosen["dice"])
         if cfg.save_threshold and cfg.data.split == cfg.data.val_split:
             path = write_threshold(cfg.ckpt, chosen["threshold"], key_scales(key),
-                                   {"rule": cfg.threshold_rule, "dice": chosen["dice"], "ods": chosen["ods"],
+                                   {"rule": chosen["rule"], "dice": chosen["dice"], "ods": chosen["ods"],
                                     "split": result["split"], "photos": chosen["photos"],
                                     "precision": predictor.precision,
                                     # the photos each scale set's threshold was chosen on; None: all
