@@ -55,10 +55,12 @@ def curve_counts(report: Path, crack_px: int) -> np.ndarray:
 
 
 def level_for_recall(curve: np.ndarray, crack_px: float, min_recall: float) -> int:
-    """The threshold level of best precision among those whose recall is at least ``min_recall``."""
+    """The threshold level of best precision among those whose recall is at least ``min_recall``,
+    the highest among equals (as evaluate.py's ``threshold_rule=recall`` on one dataset)."""
     tp, fp = curve
     reaching = np.flatnonzero(tp / crack_px >= min_recall)
-    return int(reaching[np.argmax(tp[reaching] / np.maximum(tp[reaching] + fp[reaching], 1e-12))])
+    precision = tp[reaching] / np.maximum(tp[reaching] + fp[reaching], 1e-12)
+    return int(reaching[len(reaching) - 1 - np.argmax(precision[::-1])])
 
 
 def recall_operating_points(curves: list[np.ndarray], crack_px: list[float], min_recall: float) -> list[str]:
