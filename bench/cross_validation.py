@@ -11,7 +11,8 @@ error: folds hold out disjoint photos.
 per_photo.csv) at thresholds aiming at recall R (of those reaching it, the most precise): one
 threshold common to all folds, tuned on the held-out photos themselves (an upper bound: could the
 models meet a target at any single threshold?), and each fold at the threshold its other folds'
-photos pick (cross-fitted: what choosing it on other photos of the kind gives).
+photos pick (cross-fitted: what choosing it on other photos of the kind gives). The last line is
+the pooled figures as one JSON object.
 """
 
 from __future__ import annotations
@@ -63,24 +64,22 @@ def level_for_recall(curve: np.ndarray, crack_px: float, min_recall: float) -> i
     return int(reaching[len(reaching) - 1 - np.argmax(precision[::-1])])
 
 
-def recall_operating_points(curves: list[np.ndarray], crack_px: list[float], min_recall: float) -> list[str]:
-    """Pooled precision / recall at a threshold aiming at ``min_recall``: one threshold for all folds
-    tuned on their photos (an upper bound), and each fold at the one its other folds' photos pick
-    (cross-fitted: no fold's threshold sees its own photos)."""
-    def line(name: str, tp: float, fp: float, thresholds: str) -> str:
-        return f"{name}: precision {tp / max(tp + fp, 1e-12):.3f} / recall {tp / sum(crack_px):.3f} at {thresholds}"
+def recall_operating_points(curves: list[np.ndarray], crack_px: list[float], min_recall: float) -> dict[str, dict]:
+    """Pooled precision / recall at thresholds aiming at ``min_recall``: ``upper_bound``, one
+    threshold for all folds tuned on their photos; ``cross_fitted``, each fold at the one its other
+    folds' photos pick (no fold's threshold sees its own photos)."""
+    def point(tp: float, fp: float, levels: list[int]) -> dict:
+        return {"precision": tp / max(tp + fp, 1e-12), "recall": tp / sum(crack_px),
+                "thresholds": [float(THRESHOLDS[k]) for k in levels]}
 
     pooled = sum(curves)
     level = level_for_recall(pooled, sum(crack_px), min_recall)
-    lines = [line(f"recall >= {min_recall}, one threshold tuned on all these photos (upper bound)",
-                  *pooled[:, level], f"{THRESHOLDS[level]:.3f}")]
+    points = {"upper_bound": point(*pooled[:, level], [level])}
     if len(curves) > 1:
         levels = [level_for_recall(pooled - curve, sum(crack_px) - crack, min_recall)
                   for curve, crack in zip(curves, crack_px)]
-        tp, fp = sum(curve[:, k] for curve, k in zip(curves, levels))
-        lines.append(line(f"recall >= {min_recall}, each fold at the threshold of the others (cross-fitted)", tp, fp,
-                          " / ".join(f"{THRESHOLDS[k]:.3f}" for k in levels)))
-    return lines
+        points["cross_fitted"] = point(*sum(curve[:, k] for curve, k in zip(curves, levels)), levels)
+    return points
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,8 +104,15 @@ def main(argv: list[str] | None = None) -> None:
             crack_px.append(sum(c.tp + c.fn for c in fold.values()))
             curves.append(curve_counts(path.parent / "report.json", crack_px[-1]))
     print(_line("pooled", every))
+    pooled = sum(every.values(), Counts())
+    result = {"photos": len(every), "crack_px": pooled.tp + pooled.fn, "precision": round(pooled.precision, 4),
+              "recall": round(pooled.recall, 4), "dice": round(pooled.dice, 4)}
     if args.at_recall is not None:
-        print("\n".join(recall_operating_points(curves, crack_px, args.at_recall)))
+        result[f"at_recall_{args.at_recall:g}"] = points = recall_operating_points(curves, crack_px, args.at_recall)
+        for name, point in points.items():
+            print(f"recall >= {args.at_recall:g}, {name.replace('_', ' ')}: precision {point['precision']:.3f} / "
+                  f"recall {point['recall']:.3f} at {' / '.join(f'{t:.3f}' for t in point['thresholds'])}")
+    print(json.dumps(result))
 
 
 def _line(name: str, photos: dict[str, Counts]) -> str:
