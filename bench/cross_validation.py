@@ -11,8 +11,9 @@ error: folds hold out disjoint photos.
 per_photo.csv) at thresholds aiming at recall R (of those reaching it, the most precise): one
 threshold common to all folds, tuned on the held-out photos themselves (an upper bound: could the
 models meet a target at any single threshold?), and each fold at the threshold its other folds'
-photos pick (cross-fitted: what choosing it on other photos of the kind gives). The last line is
-the pooled figures as one JSON object.
+photos pick (cross-fitted: what choosing it on other photos of the kind gives). These curves score
+the probabilities before the joint rule, the per_photo.csv counts after it (evaluate.py). The last
+line is the pooled figures as one JSON object.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from crackseg.metrics import THRESHOLDS, Counts  # noqa: E402
+from crackseg.metrics import THRESHOLDS, Counts, most_precise_reaching  # noqa: E402
 
 
 def fold_counts(path: Path) -> dict[str, Counts]:
@@ -55,26 +56,23 @@ def curve_counts(report: Path, crack_px: int) -> np.ndarray:
     return np.stack([tp, np.where(tp > 0, tp / np.maximum(precision, 1e-12) - tp, 0.0)])
 
 
-def level_for_recall(curve: np.ndarray, crack_px: float, min_recall: float) -> int:
-    """The threshold level of best precision among those whose recall is at least ``min_recall``,
-    the highest among equals (as evaluate.py's ``threshold_rule=recall`` on one dataset)."""
+def level_for_recall(curve: np.ndarray, crack_px: int, min_recall: float) -> int:
+    """The threshold level evaluate.py's ``threshold_rule=recall`` takes on these counts (one dataset)."""
     tp, fp = curve
-    reaching = np.flatnonzero(tp / crack_px >= min_recall)
-    precision = tp[reaching] / np.maximum(tp[reaching] + fp[reaching], 1e-12)
-    return int(reaching[len(reaching) - 1 - np.argmax(precision[::-1])])
+    return most_precise_reaching(tp / np.maximum(tp + fp, 1e-12), tp / crack_px, min_recall)
 
 
-def recall_operating_points(curves: list[np.ndarray], crack_px: list[float], min_recall: float) -> dict[str, dict]:
-    """Pooled precision / recall at thresholds aiming at ``min_recall``: ``upper_bound``, one
-    threshold for all folds tuned on their photos; ``cross_fitted``, each fold at the one its other
-    folds' photos pick (no fold's threshold sees its own photos)."""
+def recall_operating_points(curves: list[np.ndarray], crack_px: list[int], min_recall: float) -> dict[str, dict]:
+    """Pooled precision / recall at thresholds aiming at ``min_recall``: ``best_single_threshold``,
+    one for all folds tuned on their photos; ``cross_fitted``, each fold at the one its other folds'
+    photos pick (no fold's threshold sees its own photos)."""
     def point(tp: float, fp: float, levels: list[int]) -> dict:
         return {"precision": tp / max(tp + fp, 1e-12), "recall": tp / sum(crack_px),
                 "thresholds": [float(THRESHOLDS[k]) for k in levels]}
 
     pooled = sum(curves)
     level = level_for_recall(pooled, sum(crack_px), min_recall)
-    points = {"upper_bound": point(*pooled[:, level], [level])}
+    points = {"min_recall": min_recall, "best_single_threshold": point(*pooled[:, level], [level])}
     if len(curves) > 1:
         levels = [level_for_recall(pooled - curve, sum(crack_px) - crack, min_recall)
                   for curve, crack in zip(curves, crack_px)]
@@ -89,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="also pool the folds' PR curves (report.json beside each file) "
                              "at thresholds aiming at recall R")
     args = parser.parse_args(argv)
+    if args.at_recall is not None and not 0 < args.at_recall <= 1:
+        parser.error(f"--at-recall {args.at_recall}: must be in (0, 1]")
     every: dict[str, Counts] = {}
     curves, crack_px = [], []
     for path in args.per_photo:
@@ -102,16 +102,21 @@ def main(argv: list[str] | None = None) -> None:
         print(_line(str(path), fold))
         if args.at_recall is not None:
             crack_px.append(sum(c.tp + c.fn for c in fold.values()))
+            if not crack_px[-1]:
+                sys.exit(f"error: {path}: no crack pixels, so no recall to aim at")
             curves.append(curve_counts(path.parent / "report.json", crack_px[-1]))
     print(_line("pooled", every))
     pooled = sum(every.values(), Counts())
     result = {"photos": len(every), "crack_px": pooled.tp + pooled.fn, "precision": round(pooled.precision, 4),
               "recall": round(pooled.recall, 4), "dice": round(pooled.dice, 4)}
     if args.at_recall is not None:
-        result[f"at_recall_{args.at_recall:g}"] = points = recall_operating_points(curves, crack_px, args.at_recall)
-        for name, point in points.items():
-            print(f"recall >= {args.at_recall:g}, {name.replace('_', ' ')}: precision {point['precision']:.3f} / "
-                  f"recall {point['recall']:.3f} at {' / '.join(f'{t:.3f}' for t in point['thresholds'])}")
+        result["at_recall"] = points = recall_operating_points(curves, crack_px, args.at_recall)
+        for name in ("best_single_threshold", "cross_fitted"):
+            if name in points:
+                point = points[name]
+                print(f"recall >= {args.at_recall:g} (before the joint rule), {name.replace('_', ' ')}: precision "
+                      f"{point['precision']:.3f} / recall {point['recall']:.3f} at "
+                      + " / ".join(f"{t:.3f}" for t in point["thresholds"]))
     print(json.dumps(result))
 
 

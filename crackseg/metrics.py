@@ -168,13 +168,23 @@ def dataset_mean(histograms_by_dataset: list[list[np.ndarray]]) -> tuple[float, 
 def dataset_mean_at_recall(histograms_by_dataset: list[list[np.ndarray]], min_recall: float) -> tuple[float, float]:
     """The most precise threshold whose recall, averaged over the datasets as in ``dataset_mean``,
     is at least ``min_recall``: an operating point for inspections that must find that share of
-    the crack pixels. Among equal precision the highest threshold. Returns ``(mean precision,
-    threshold)``."""
-    curves = [precision_recall_curve([h]) for h in _pooled_by_dataset(histograms_by_dataset, "the recall rule")]
-    precision, recall = np.mean([c[0] for c in curves], axis=0), np.mean([c[1] for c in curves], axis=0)
-    reaching = np.flatnonzero(recall >= min_recall)  # never empty: at threshold 0 every pixel is crack
-    best = int(reaching[len(reaching) - 1 - np.argmax(precision[reaching][::-1])])
+    the crack pixels. A dataset where nothing is predicted has precision 0 (it misses its cracks).
+    Returns ``(mean precision, threshold)``."""
+    precisions, recalls = [], []
+    for h in _pooled_by_dataset(histograms_by_dataset, "the recall rule"):
+        tp, fp, fn = sweep(h)
+        precisions.append(tp / np.maximum(tp + fp, 1))
+        recalls.append(np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 1.0))
+    precision = np.mean(precisions, axis=0)
+    best = most_precise_reaching(precision, np.mean(recalls, axis=0), min_recall)
     return float(precision[best]), float(THRESHOLDS[best])
+
+
+def most_precise_reaching(precision: np.ndarray, recall: np.ndarray, min_recall: float) -> int:
+    """The threshold level of best precision among those with recall >= ``min_recall`` (in (0, 1];
+    at level 0 every pixel is crack, so one always does), the highest among equals."""
+    reaching = np.flatnonzero(recall >= min_recall)
+    return int(reaching[len(reaching) - 1 - np.argmax(precision[reaching][::-1])])
 
 
 def ois(histograms: list[np.ndarray]) -> tuple[float, list[float]]:

@@ -93,9 +93,9 @@ def check_inference_options(cfg: DictConfig) -> None:
     if "threshold_rule" in cfg:
         _choice("threshold_rule", cfg.threshold_rule, ("dataset_mean", "pooled", "recall"))
     if cfg.get("threshold_rule") == "recall":
-        _number("min_recall", cfg.min_recall, 0, 1)
-        if cfg.min_recall == 0:
-            _fail("min_recall", cfg.min_recall, "must be a number in (0, 1]")
+        min_recall = cfg.get("min_recall")
+        if isinstance(min_recall, bool) or not isinstance(min_recall, (int, float)) or not 0 < min_recall <= 1:
+            _fail("min_recall", min_recall, "must be a number in (0, 1]")
     if "tolerance" in cfg:
         _number("tolerance", cfg.tolerance, 0)
     if "min_crack_length_px" in cfg:

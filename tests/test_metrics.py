@@ -94,13 +94,18 @@ def test_dataset_mean_weighs_each_dataset_the_same_where_pooled_counts_follow_th
 
 
 def test_the_recall_rule_is_the_most_precise_threshold_reaching_the_mean_recall():
+    # pooled toy set, crack 0.9, 0.6, 0.3: recall 1/3 up to 0.9 (precision 1 above 0.8), 2/3 up to 0.6
+    # (precision 2/4 above 0.4), 1 up to 0.3 (3/6 above 0.2); the highest threshold among equals
+    assert metrics.dataset_mean_at_recall([_toy_set()], 0.3) == (pytest.approx(1.0), 230 / 256)
+    assert metrics.dataset_mean_at_recall([_toy_set()], 0.6) == (pytest.approx(0.5), 153 / 256)
+    assert metrics.dataset_mean_at_recall([_toy_set()], 0.9) == (pytest.approx(0.5), 76 / 256)
     large = [metrics.level_histograms(np.array([0.9] * 10 + [0.5] * 10, np.float32), np.arange(20) < 10)]
     small = [metrics.level_histograms(np.array([0.3, 0.1], np.float32), np.array([True, False]))]
-    # mean recall: 1 up to 0.3 (levels 76 and below), 1/2 up to 0.9 (the small crack missed), then 0;
-    # mean precision: (1/2 + 1/2) / 2 up to 0.1, (1/2 + 1) / 2 up to 0.3, (1 + 1) / 2 above 0.5
+    # mean recall: 1 up to 0.3 (levels 76 and below), 1/2 up to 0.9 (the small crack missed);
+    # mean precision: (1/2 + 1/2) / 2 up to 0.1, (1/2 + 1) / 2 up to 0.3, then (1/2 + 0) / 2 and (1 + 0) / 2
+    # above 0.5: a dataset where nothing is predicted has precision 0, so missing it never looks precise
     assert metrics.dataset_mean_at_recall([large, small], 0.8) == (pytest.approx(3 / 4), 76 / 256)
-    assert metrics.dataset_mean_at_recall([large, small], 0.5) == (pytest.approx(1.0), 230 / 256)
-    assert metrics.dataset_mean_at_recall([large, small], 1.0) == metrics.dataset_mean_at_recall([large, small], 0.8)
+    assert metrics.dataset_mean_at_recall([large, small], 0.5) == metrics.dataset_mean_at_recall([large, small], 0.8)
     assert metrics.dataset_mean_at_recall([large, []], 0.8) == metrics.dataset_mean_at_recall([large], 0.8)
     with pytest.raises(ValueError, match="at least one dataset"):
         metrics.dataset_mean_at_recall([[]], 0.8)
