@@ -99,16 +99,14 @@ def main(argv: list[str] | None = None) -> None:
         if twice:
             sys.exit(f"error: {path} scores photos another fold scored already: {', '.join(twice)}")
         every.update(fold)
-        print(_line(str(path), fold))
+        print(_line(str(path), pooled_figures(fold)))
         if args.at_recall is not None:
             crack_px.append(sum(c.tp + c.fn for c in fold.values()))
             if not crack_px[-1]:
                 sys.exit(f"error: {path}: no crack pixels, so no recall to aim at")
             curves.append(curve_counts(path.parent / "report.json", crack_px[-1]))
-    print(_line("pooled", every))
-    pooled = sum(every.values(), Counts())
-    result = {"photos": len(every), "crack_px": pooled.tp + pooled.fn, "precision": round(pooled.precision, 4),
-              "recall": round(pooled.recall, 4), "dice": round(pooled.dice, 4)}
+    result = pooled_figures(every)
+    print(_line("pooled", result))
     if args.at_recall is not None:
         result["at_recall"] = points = recall_operating_points(curves, crack_px, args.at_recall)
         for name in ("best_single_threshold", "cross_fitted"):
@@ -120,10 +118,16 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(result))
 
 
-def _line(name: str, photos: dict[str, Counts]) -> str:
+def pooled_figures(photos: dict[str, Counts]) -> dict:
+    """Photo and crack pixel count, precision, recall and Dice of these photos' pooled counts."""
     pooled = sum(photos.values(), Counts())
-    return (f"{name}: {len(photos)} photos, {pooled.tp + pooled.fn} crack px, precision {pooled.precision:.3f}"
-            f" / recall {pooled.recall:.3f}, Dice {pooled.dice:.3f}")
+    return {"photos": len(photos), "crack_px": pooled.tp + pooled.fn, "precision": pooled.precision,
+            "recall": pooled.recall, "dice": pooled.dice}
+
+
+def _line(name: str, figures: dict) -> str:
+    return (f"{name}: {figures['photos']} photos, {figures['crack_px']} crack px, precision {figures['precision']:.3f}"
+            f" / recall {figures['recall']:.3f}, Dice {figures['dice']:.3f}")
 
 
 if __name__ == "__main__":
